@@ -1,0 +1,201 @@
+"""Frozen snapshots of the kernel's memory blocks, and pure code over them.
+
+Decision code (ranges, policy, planning) works on these values only, never on sysfs,
+so it can be tested with plain constructors and property tests.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+ONLINE = "online"
+OFFLINE = "offline"
+GOING_OFFLINE = "going-offline"
+
+ZONE_NONE = "none"  # valid_zones of an online block that spans zones or nodes: cannot be offlined
+ZONE_MOVABLE = "Movable"
+ZONE_NORMAL = "Normal"
+
+ORIGIN_BOOT = "boot"  # present at boot, not part of any hot-pluggable device
+ORIGIN_DIMM = "dimm"  # an ACPI memory device (PNP0C80): one pc-dimm, all or nothing
+ORIGIN_VIRTIO_MEM = "virtio-mem"  # driver-managed memory of a virtio-mem device
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryBlock:
+    """One memoryN directory as read at one moment."""
+
+    index: int
+    start: int
+    size: int
+    state: str
+    # valid_zones split in kernel order: the current zone when online, the allowed zones
+    # (default first) when offline, ("none",) when the block cannot be offlined;
+    # None when the kernel has no valid_zones (zones unsupported).
+    zones: tuple[str, ...] | None
+    node: int | None = None
+    phys_device: int | None = None
+    removable: bool | None = None
+    origin: str = ORIGIN_BOOT
+    # The memory group the block belongs to (one DIMM, one virtio-mem device), or None.
+    group: str | None = None
+
+    @property
+    def end(self) -> int:
+        """Last byte address, inclusive, as lsmem prints it."""
+        return self.start + self.size - 1
+
+    @property
+    def online(self) -> bool:
+        return self.state == ONLINE
+
+    @property
+    def zone(self) -> str | None:
+        """The zone of an online block (None when offline or unknown)."""
+        if self.state != ONLINE or not self.zones:
+            return None
+        return self.zones[0]
+
+    @property
+    def hotplugged(self) -> bool:
+        return self.origin != ORIGIN_BOOT
+
+
+@dataclass(frozen=True, slots=True)
+class KernelParams:
+    """memory_hotplug module parameters; None where the kernel does not expose one."""
+
+    online_policy: str | None = None
+    auto_movable_ratio: int | None = None
+    auto_movable_numa_aware: bool | None = None
+    memmap_on_memory: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryFigures:
+    """What the kernel says about memory use (psutil), for the offline safety floor."""
+
+    total_bytes: int
+    available_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryState:
+    """Everything the agent knows about the kernel's memory blocks at one moment."""
+
+    block_size: int
+    blocks: tuple[MemoryBlock, ...]
+    auto_online_blocks: str | None = None
+    crash_hotplug: bool | None = None
+    kexec_crash_loaded: bool | None = None
+    params: KernelParams = field(default_factory=KernelParams)
+    zones_supported: bool = True
+    nodes_supported: bool = True
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def online_bytes(self) -> int:
+        return self.block_size * sum(1 for b in self.blocks if b.state == ONLINE)
+
+    @property
+    def offline_bytes(self) -> int:
+        """Everything not online, as lsmem counts it (going-offline included)."""
+        return self.block_size * len(self.blocks) - self.online_bytes
+
+    def online_bytes_by_zone(self) -> dict[str, int]:
+        counts = Counter(b.zone or "unknown" for b in self.blocks if b.state == ONLINE)
+        return {zone: n * self.block_size for zone, n in sorted(counts.items())}
+
+    def online_bytes_by_node(self) -> dict[int | None, int]:
+        counts = Counter(b.node for b in self.blocks if b.state == ONLINE)
+        return {node: n * self.block_size for node, n in sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))}
+
+    def block(self, index: int) -> MemoryBlock | None:
+        for candidate in self.blocks:
+            if candidate.index == index:
+                return candidate
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRange:
+    """Contiguous blocks that look alike: one row of the status table."""
+
+    first: MemoryBlock
+    last: MemoryBlock
+    count: int
+
+    @property
+    def start(self) -> int:
+        return self.first.start
+
+    @property
+    def end(self) -> int:
+        return self.last.end
+
+    @property
+    def size(self) -> int:
+        return self.last.start + self.last.size - self.first.start
+
+    @property
+    def block_label(self) -> str:
+        if self.count == 1:
+            return str(self.first.index)
+        return f"{self.first.index}-{self.last.index}"
+
+
+def lsmem_key(block: MemoryBlock) -> tuple:
+    """What lsmem compares to merge blocks when showing STATE, NODE and ZONES."""
+    return (block.state, block.node, block.zones)
+
+
+def origin_key(block: MemoryBlock) -> tuple:
+    """lsmem's key plus where the memory came from (boot, which DIMM or virtio-mem device)."""
+    return (block.state, block.node, block.zones, block.origin, block.group)
+
+
+def group_ranges(
+    blocks: Sequence[MemoryBlock], merge: bool = True, key: Callable[[MemoryBlock], tuple] = lsmem_key
+) -> list[BlockRange]:
+    """Merge neighbouring blocks whose `key` is equal (lsmem's rule by default).
+
+    Blocks must be sorted by index; a gap in indexes always starts a new range.
+    """
+    ranges: list[BlockRange] = []
+    first = last = None
+    count = 0
+    for block in blocks:
+        if (
+            merge
+            and last is not None
+            and block.index == last.index + 1
+            and key(block) == key(last)
+        ):
+            last = block
+            count += 1
+            continue
+        if first is not None:
+            ranges.append(BlockRange(first, last, count))
+        first = last = block
+        count = 1
+    if first is not None:
+        ranges.append(BlockRange(first, last, count))
+    return ranges
+
+
+def format_block_list(indexes: Iterable[int]) -> str:
+    """`[1, 2, 3, 7]` -> `1-3,7`: how messages name many blocks at once."""
+    parts: list[str] = []
+    run_start = previous = None
+    for index in sorted(indexes):
+        if previous is not None and index == previous + 1:
+            previous = index
+            continue
+        if run_start is not None:
+            parts.append(str(run_start) if run_start == previous else f"{run_start}-{previous}")
+        run_start = previous = index
+    if run_start is not None:
+        parts.append(str(run_start) if run_start == previous else f"{run_start}-{previous}")
+    return ",".join(parts)

@@ -1,0 +1,444 @@
+"""The one gateway to the kernel's memory-hotplug files.
+
+Every read and write of sysfs and procfs goes through `Sysfs`, built on a root path
+(`/` in production, a recorded or fake tree in tests), and every OSError becomes a
+typed `SysfsError` here and nowhere else. Scanning uses raw `os.open`/`os.read` with
+directory file descriptors: a guest can have tens of thousands of blocks, and one
+Python object per attribute would make `status` slower than lsmem.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import select
+import signal
+import time
+
+from .errors import OfflineTimeoutError, SysfsError, UnsupportedSystemError, sysfs_error
+from .iomem import parse_iomem, virtio_mem_regions
+from .model import (
+    OFFLINE,
+    ONLINE,
+    ORIGIN_BOOT,
+    ORIGIN_DIMM,
+    ORIGIN_VIRTIO_MEM,
+    KernelParams,
+    MemoryBlock,
+    MemoryFigures,
+    MemoryState,
+)
+
+MEMORY_DIR = "sys/devices/system/memory"
+NODE_DIR = "sys/devices/system/node"
+PARAMS_DIR = "sys/module/memory_hotplug/parameters"
+KEXEC_CRASH_LOADED = "sys/kernel/kexec_crash_loaded"
+PROC_DIR = "proc"
+PROC_IOMEM = "proc/iomem"
+
+BLOCK_STATES_WRITABLE = ("online", "online_kernel", "online_movable", "offline")
+ONLINE_POLICIES = ("contig-zones", "auto-movable")
+
+_BLOCK_NAME = re.compile(r"memory(\d+)\Z")
+_NODE_NAME = re.compile(r"node(\d+)\Z")
+_READ_SIZE = 4096
+
+# After SIGTERM, how long an offline writer may take to leave the kernel before
+# SIGKILL, and how long after SIGKILL before it is left behind.
+WRITER_TERM_GRACE_S = 2.0
+WRITER_KILL_GRACE_S = 5.0
+
+# Outcomes of a state write.
+CHANGED = "changed"
+ALREADY = "already"
+
+
+def _read_at(dir_fd: int, name: str) -> str:
+    """Read a small attribute relative to an open directory (raises OSError)."""
+    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    try:
+        return os.read(fd, _READ_SIZE).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+
+
+def _stop_child(pid: int) -> bool:
+    """SIGTERM, then SIGKILL; True if the child is still not gone (left to the kernel)."""
+    for sig, grace in ((signal.SIGTERM, WRITER_TERM_GRACE_S), (signal.SIGKILL, WRITER_KILL_GRACE_S)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return False
+            time.sleep(0.02)
+    return True
+
+
+def _parse_bool(text: str) -> bool | None:
+    lowered = text.strip().lower()
+    if lowered in ("1", "y", "yes", "true"):
+        return True
+    if lowered in ("0", "n", "no", "false"):
+        return False
+    return None
+
+
+def _parse_int(text: str, base: int = 10) -> int | None:
+    try:
+        return int(text, base)
+    except ValueError:
+        return None
+
+
+class Sysfs:
+    """Reads snapshots of memory blocks and writes block states under one root."""
+
+    def __init__(self, root: str | os.PathLike = "/"):
+        self.root = os.path.abspath(os.fspath(root))
+        self.memory_dir = os.path.join(self.root, MEMORY_DIR)
+
+    def __repr__(self) -> str:
+        return f"Sysfs({self.root!r})"
+
+    def path(self, relative: str) -> str:
+        return os.path.join(self.root, relative)
+
+    @property
+    def proc_dir(self) -> str:
+        """Where psutil should read /proc from, so memory figures match this root."""
+        return self.path(PROC_DIR)
+
+    # -- small reads -------------------------------------------------------------------
+
+    def read_text(self, relative: str, block: int | None = None) -> str:
+        path = self.path(relative)
+        try:
+            with open(path, "rb") as handle:
+                return handle.read(_READ_SIZE).decode("ascii", "replace").strip()
+        except OSError as exc:
+            raise sysfs_error(exc, path, block, "read") from None
+
+    def read_optional(self, relative: str) -> str | None:
+        """Read an attribute that older kernels or other setups may lack (None if absent)."""
+        try:
+            return self.read_text(relative)
+        except SysfsError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+
+    def block_size(self) -> int:
+        text = self.read_optional(f"{MEMORY_DIR}/block_size_bytes")
+        if text is None:
+            self._raise_unsupported()
+        size = _parse_int(text, 16)
+        if not size or size <= 0:
+            raise UnsupportedSystemError(f"{self.path(MEMORY_DIR)}/block_size_bytes: unreadable block size {text!r}")
+        return size
+
+    def _raise_unsupported(self) -> None:
+        if not os.path.isdir(self.root):
+            raise UnsupportedSystemError(f"{self.root}: sysfs root does not exist or is not a directory")
+        if not os.path.isdir(self.memory_dir):
+            raise UnsupportedSystemError(
+                f"{self.memory_dir}: no such directory: this kernel does not support memory blocks "
+                "(CONFIG_MEMORY_HOTPLUG) or the sysfs root is wrong"
+            )
+        raise UnsupportedSystemError(f"{self.memory_dir}/block_size_bytes: missing: this system does not support memory blocks")
+
+    def kernel_params(self) -> KernelParams:
+        ratio = self.read_optional(f"{PARAMS_DIR}/auto_movable_ratio")
+        numa = self.read_optional(f"{PARAMS_DIR}/auto_movable_numa_aware")
+        memmap = self.read_optional(f"{PARAMS_DIR}/memmap_on_memory")
+        return KernelParams(
+            online_policy=self.read_optional(f"{PARAMS_DIR}/online_policy"),
+            auto_movable_ratio=_parse_int(ratio) if ratio is not None else None,
+            auto_movable_numa_aware=_parse_bool(numa) if numa is not None else None,
+            memmap_on_memory=_parse_bool(memmap) if memmap is not None else None,
+        )
+
+    def crash_hotplug(self) -> bool | None:
+        """Whether the kernel updates the crash image itself on hotplug (None: unknown)."""
+        text = self.read_optional(f"{MEMORY_DIR}/crash_hotplug")
+        return _parse_bool(text) if text is not None else None
+
+    def kexec_crash_loaded(self) -> bool | None:
+        text = self.read_optional(KEXEC_CRASH_LOADED)
+        return _parse_bool(text) if text is not None else None
+
+    def memory_figures(self) -> MemoryFigures | None:
+        """MemTotal and MemAvailable of this root's /proc, via psutil (None: unknown)."""
+        import psutil
+
+        psutil.PROCFS_PATH = self.proc_dir
+        try:
+            memory = psutil.virtual_memory()
+        except (OSError, ValueError, KeyError, RuntimeError):
+            return None
+        return MemoryFigures(total_bytes=memory.total, available_bytes=memory.available)
+
+    # -- scanning ----------------------------------------------------------------------
+
+    def block_indexes(self) -> list[int]:
+        """Indexes of all present blocks, in numeric order (memory10 after memory9)."""
+        try:
+            names = os.listdir(self.memory_dir)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                self._raise_unsupported()
+            raise sysfs_error(exc, self.memory_dir, None, "list") from None
+        indexes = []
+        for name in names:
+            match = _BLOCK_NAME.match(name)
+            if match:
+                indexes.append(int(match.group(1)))
+        indexes.sort()
+        return indexes
+
+    def read_state(self, index: int) -> str:
+        return self.read_text(f"{MEMORY_DIR}/memory{index}/state", block=index)
+
+    def snapshot(self) -> MemoryState:
+        """Read every block and the global attributes into one frozen `MemoryState`."""
+        block_size = self.block_size()
+        indexes = self.block_indexes()
+        warnings: list[str] = []
+        nodes_by_block = self._nodes_from_node_dirs()
+        dimm_groups = self._acpi_memory_devices()
+        virtio_regions = self._virtio_mem_regions(warnings)
+        try:
+            dir_fd = os.open(self.memory_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise sysfs_error(exc, self.memory_dir, None, "open") from None
+        try:
+            present = self._optional_attributes(dir_fd, indexes, warnings)
+            blocks = [
+                self._scan_block(dir_fd, index, block_size, present, nodes_by_block, dimm_groups, virtio_regions)
+                for index in indexes
+            ]
+        finally:
+            os.close(dir_fd)
+        blocks = [block for block in blocks if block is not None]
+        if not blocks:
+            raise UnsupportedSystemError(f"{self.memory_dir}: no memory blocks found")
+        return MemoryState(
+            block_size=block_size,
+            blocks=tuple(blocks),
+            auto_online_blocks=self.read_optional(f"{MEMORY_DIR}/auto_online_blocks"),
+            crash_hotplug=self.crash_hotplug(),
+            kexec_crash_loaded=self.kexec_crash_loaded(),
+            params=self.kernel_params(),
+            zones_supported="valid_zones" in present,
+            nodes_supported=bool(nodes_by_block) or "node" in present,
+            warnings=tuple(warnings),
+        )
+
+    def _optional_attributes(self, dir_fd: int, indexes: list[int], warnings: list[str]) -> set[str]:
+        """Which optional per-block attributes exist, judged on the first block (as lsmem does)."""
+        if not indexes:
+            return set()
+        try:
+            names = set(self._listdir_at(dir_fd, f"memory{indexes[0]}"))
+        except OSError as exc:
+            raise sysfs_error(exc, os.path.join(self.memory_dir, f"memory{indexes[0]}"), indexes[0], "list") from None
+        present = {name for name in ("valid_zones", "removable", "phys_device") if name in names}
+        if any(_NODE_NAME.match(name) for name in names):
+            present.add("node")
+        for name, consequence in (
+            ("valid_zones", "zones unknown (kernel without CONFIG_MEMORY_HOTREMOVE?)"),
+            ("removable", "removable unknown"),
+            ("phys_device", "phys_device unknown"),
+        ):
+            if name not in present:
+                warnings.append(f"{self.memory_dir}/memory{indexes[0]}/{name} is missing: {consequence}")
+        return present
+
+    @staticmethod
+    def _listdir_at(dir_fd: int, name: str) -> list[str]:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def _scan_block(self, dir_fd, index, block_size, present, nodes_by_block, dimm_groups, virtio_regions):
+        name = f"memory{index}"
+        try:
+            state = _read_at(dir_fd, f"{name}/state")
+            zones = tuple(_read_at(dir_fd, f"{name}/valid_zones").split()) if "valid_zones" in present else None
+            removable = _parse_bool(_read_at(dir_fd, f"{name}/removable")) if "removable" in present else None
+            phys_device = _parse_int(_read_at(dir_fd, f"{name}/phys_device")) if "phys_device" in present else None
+            if nodes_by_block:
+                node = nodes_by_block.get(index)
+            elif "node" in present:
+                node = self._node_from_links(dir_fd, name)
+            else:
+                node = None
+        except FileNotFoundError:
+            return None  # hot-removed while we scanned: it is simply not present any more
+        except OSError as exc:
+            raise sysfs_error(exc, os.path.join(self.memory_dir, name), index, "read") from None
+        start = index * block_size
+        origin, group = ORIGIN_BOOT, None
+        if index in dimm_groups:
+            origin, group = ORIGIN_DIMM, dimm_groups[index]
+        else:
+            for region_start, region_end, device in virtio_regions:
+                if region_start <= start <= region_end:
+                    origin, group = ORIGIN_VIRTIO_MEM, device
+                    break
+        return MemoryBlock(
+            index=index,
+            start=start,
+            size=block_size,
+            state=state,
+            zones=zones,
+            node=node,
+            phys_device=phys_device,
+            removable=removable,
+            origin=origin,
+            group=group,
+        )
+
+    def _node_from_links(self, dir_fd: int, name: str) -> int | None:
+        for entry in self._listdir_at(dir_fd, name):
+            match = _NODE_NAME.match(entry)
+            if match:
+                return int(match.group(1))
+        return None
+
+    def _nodes_from_node_dirs(self) -> dict[int, int]:
+        """Block -> node from /sys/devices/system/node/nodeX/memoryN: one listdir per node."""
+        node_root = self.path(NODE_DIR)
+        try:
+            node_names = os.listdir(node_root)
+        except OSError:
+            return {}
+        nodes: dict[int, int] = {}
+        for node_name in node_names:
+            match = _NODE_NAME.match(node_name)
+            if not match:
+                continue
+            try:
+                entries = os.listdir(os.path.join(node_root, node_name))
+            except OSError:
+                continue
+            node = int(match.group(1))
+            for entry in entries:
+                block = _BLOCK_NAME.match(entry)
+                if block:
+                    nodes[int(block.group(1))] = node
+        return nodes
+
+    def _acpi_memory_devices(self) -> dict[int, str]:
+        """Block -> ACPI memory device (one DIMM), from the devices' physical_node links."""
+        acpi_root = self.path("sys/bus/acpi/devices")
+        try:
+            devices = [name for name in os.listdir(acpi_root) if name.startswith("PNP0C80:")]
+        except OSError:
+            return {}
+        groups: dict[int, str] = {}
+        for device in devices:
+            device_dir = os.path.join(acpi_root, device)
+            try:
+                links = [name for name in os.listdir(device_dir) if name.startswith("physical_node")]
+            except OSError:
+                continue
+            for link in links:
+                try:
+                    target = os.readlink(os.path.join(device_dir, link))
+                except OSError:
+                    continue
+                match = _BLOCK_NAME.match(os.path.basename(target))
+                if match:
+                    groups[int(match.group(1))] = f"acpi:{device}"
+        return groups
+
+    def _virtio_mem_regions(self, warnings: list[str]) -> list[tuple[int, int, str]]:
+        text = self.read_optional(PROC_IOMEM)
+        if text is None:
+            return []
+        resources = parse_iomem(text)
+        if resources and all(r.start == 0 and r.end == 0 for r in resources):
+            warnings.append(f"{self.path(PROC_IOMEM)} shows no addresses (not root?): virtio-mem memory not identified")
+            return []
+        return virtio_mem_regions(resources)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write_block_state(self, index: int, value: str) -> str:
+        """Write `value` to memoryN/state; CHANGED, or ALREADY when the kernel says it is a no-op.
+
+        The kernel answers EINVAL when the block is already in the requested state; a
+        re-read of `state` tells that apart from a real EINVAL.
+        """
+        if value not in BLOCK_STATES_WRITABLE:
+            raise ValueError(f"not a block state to write: {value!r}")
+        path = os.path.join(self.memory_dir, f"memory{index}", "state")
+        action = f"write {value!r}"
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError as exc:
+            raise sysfs_error(exc, path, index, action) from None
+        try:
+            os.write(fd, value.encode("ascii"))
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and self._already_in(index, value):
+                return ALREADY
+            raise sysfs_error(exc, path, index, action) from None
+        finally:
+            os.close(fd)
+        return CHANGED
+
+    def offline_block(self, index: int, timeout: float) -> str:
+        """Offline a block in a forked child that is signalled if it is not done by `timeout`.
+
+        Since Linux 4.15 offlining retries page migration until a signal arrives, so the
+        write must happen in something we can signal; the child reports the gateway's
+        outcome or errno through a pipe and the same typed exception is raised here.
+        """
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: only the write and a one-line report, no Python cleanup
+            try:
+                os.close(read_end)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                try:
+                    report = "ok " + self.write_block_state(index, "offline")
+                except SysfsError as exc:
+                    report = f"error {exc.errno} {exc.path}"
+                os.write(write_end, report.encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        state_path = os.path.join(self.memory_dir, f"memory{index}", "state")
+        try:
+            ready, _, _ = select.select([read_end], [], [], timeout)
+            if not ready:
+                stuck = _stop_child(pid)
+                raise OfflineTimeoutError(state_path, index, timeout, pid if stuck else None)
+            report = os.read(read_end, 4096).decode()
+        finally:
+            os.close(read_end)
+        os.waitpid(pid, 0)
+        kind, _, rest = report.partition(" ")
+        if kind == "ok":
+            return rest
+        if kind == "error":
+            code, _, path = rest.partition(" ")
+            raise sysfs_error(OSError(int(code), os.strerror(int(code))), path, index, "write 'offline'")
+        raise SysfsError(state_path, errno.EIO, index, "offline (the writer died without a report)")
+
+    def _already_in(self, index: int, value: str) -> bool:
+        try:
+            state = self.read_state(index)
+        except SysfsError:
+            return False
+        wanted = OFFLINE if value == "offline" else ONLINE
+        return state == wanted
