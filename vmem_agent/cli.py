@@ -86,3 +86,181 @@ def status(ctx: click.Context, as_json: bool, per_block: bool, no_summary: bool)
     if not no_summary:
         click.echo()
         click.echo(report.render_summary(state))
+
+
+class SizeType(click.ParamType):
+    """A size option (`512M`, `1G`), parsed by the one size parser."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        from .sizes import parse_size
+
+        try:
+            return parse_size(value, allow_relative=False).bytes
+        except VmemError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def policy_options(command):
+    """Options shared by the commands that plan: zone choice and the offline floor."""
+    options = [
+        click.option("--zone", type=click.Choice(["auto", "movable", "normal"]), default="auto", show_default=True,
+                     envvar="VMEM_AGENT_ZONE",
+                     help="auto: Movable while the ratio rule allows, else Normal; movable/normal: force the zone."),
+        click.option("--movable-ratio", type=click.IntRange(min=0), default=None, metavar="PERCENT",
+                     envvar="VMEM_AGENT_MOVABLE_RATIO",
+                     help="Movable memory allowed, in percent of boot kernel memory (default: the kernel's "
+                          "auto_movable_ratio, else 301)."),
+        click.option("--reserve", type=SizeType(), default=None, envvar="VMEM_AGENT_RESERVE",
+                     help="MemAvailable that must remain after offlining (default: max(256M, 5% of MemTotal))."),
+        click.option("--min-online", type=SizeType(), default=0, envvar="VMEM_AGENT_MIN_ONLINE",
+                     help="Never offline below this much online memory."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def write_options(command):
+    """Options shared by the commands that write: deadlines, lock, kdump, output."""
+    options = [
+        click.option("--timeout", type=click.FloatRange(min=0.1), default=600.0, show_default=True, metavar="SECONDS",
+                     help="Overall deadline for the run."),
+        click.option("--block-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                     metavar="SECONDS", envvar="VMEM_AGENT_BLOCK_TIMEOUT",
+                     help="Interrupt an offline write that has not finished by then and try another block."),
+        click.option("--wait", "lock_wait", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+                     help="Wait this long for another vmem-agent writer to finish instead of failing at once."),
+        click.option("--lock-file", default=None, envvar="VMEM_AGENT_LOCK_FILE", metavar="PATH",
+                     help="Lock file (default: /run/vmem-agent.lock, or one per --sysfs-root)."),
+        click.option("--kdump", "kdump_mode", type=click.Choice(["auto", "always", "never"]), default="auto",
+                     show_default=True, envvar="VMEM_AGENT_KDUMP",
+                     help="Reload kdump after a change: auto = only if a crash kernel is loaded and the kernel "
+                          "does not update it itself (crash_hotplug)."),
+        click.option("--kdump-command", default=None, envvar="VMEM_AGENT_KDUMP_COMMAND", metavar="COMMAND",
+                     help="Reload command, split like a shell would but run without one (default: kdumpctl "
+                          "reload, kdump-config reload or systemctl try-restart kdump.service)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _policy_config(state_params, zone, movable_ratio, reserve, min_online):
+    from .policy import DEFAULT_MOVABLE_RATIO, PolicyConfig
+
+    if movable_ratio is None:
+        movable_ratio = state_params.auto_movable_ratio or DEFAULT_MOVABLE_RATIO
+    numa_aware = state_params.auto_movable_numa_aware if state_params.auto_movable_numa_aware is not None else True
+    return PolicyConfig(zone_mode=zone, movable_ratio=movable_ratio, numa_aware=numa_aware, reserve_bytes=reserve,
+                        min_online_bytes=min_online)
+
+
+def _run_options(sysfs, kw, dry_run=False):
+    import shlex
+
+    from .engine import RunOptions
+    from .kdump import KdumpConfig
+
+    command = tuple(shlex.split(kw["kdump_command"])) if kw.get("kdump_command") else None
+    if kw.get("kdump_command") is not None and not command:
+        raise click.BadParameter("empty command", param_hint="--kdump-command")
+    return RunOptions(
+        policy=_policy_config(sysfs.kernel_params(), kw["zone"], kw["movable_ratio"], kw["reserve"], kw["min_online"]),
+        kdump=KdumpConfig(mode=kw["kdump_mode"], command=command),
+        block_timeout=kw["block_timeout"],
+        timeout=kw["timeout"],
+        lock_path=kw["lock_file"],
+        lock_wait=kw["lock_wait"],
+        dry_run=dry_run,
+    )
+
+
+def _finish(ctx: click.Context, result, as_json: bool) -> None:
+    from . import report
+
+    if as_json:
+        click.echo(report.render_json({"result": result.to_json()}))
+    else:
+        click.echo(report.render_run(result))
+    ctx.exit(result.exit_code)
+
+
+@main.command()
+@click.argument("size")
+@policy_options
+@write_options
+@click.option("--dry-run", is_flag=True, help="Plan and print, write nothing.")
+@click.pass_context
+def resize(ctx: click.Context, size: str, dry_run: bool, **kw) -> None:
+    """Bring online memory to SIZE (6G, 6GiB, 1.5G, 6442450944) or change it by +SIZE/-SIZE.
+
+    Grows by onlining the lowest offline blocks (zone by the ratio rule), shrinks by
+    offlining hot-plugged Movable blocks first, highest first; never boot memory and
+    never below the reserve. Sizes are binary (G = GiB) and round up to whole blocks.
+    """
+    from . import engine
+
+    sysfs = _gateway(ctx)
+    result = engine.resize(sysfs, size, _run_options(sysfs, kw, dry_run))
+    _finish(ctx, result, kw["as_json"])
+
+
+@main.command()
+@click.argument("size")
+@policy_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.pass_context
+def plan(ctx: click.Context, size: str, as_json: bool, **kw) -> None:
+    """Show which blocks `resize SIZE` would change, in order, into which zone, and why."""
+    from . import engine, report
+
+    sysfs = _gateway(ctx)
+    state = sysfs.snapshot()
+    config = _policy_config(state.params, kw["zone"], kw["movable_ratio"], kw["reserve"], kw["min_online"])
+    target = engine.resolve_resize_target(state, size)
+    from .policy import plan_target
+
+    planned = plan_target(state, target.bytes, config, sysfs.memory_figures())
+    if as_json:
+        click.echo(report.render_json(report.plan_document(planned, target.note)))
+        return
+    if target.note:
+        click.echo(f"note: {target.note}")
+    click.echo(report.render_plan(planned, state.block_size))
+
+
+@main.command()
+@click.argument("blocks_or_size", metavar="BLOCKS|SIZE")
+@policy_options
+@write_options
+@click.option("--dry-run", is_flag=True, help="Plan and print, write nothing.")
+@click.pass_context
+def online(ctx: click.Context, blocks_or_size: str, dry_run: bool, **kw) -> None:
+    """Online blocks by index (12, 12-20, 3,5-7) or an amount of memory (1G: lowest offline first)."""
+    from . import engine
+
+    sysfs = _gateway(ctx)
+    result = engine.change_blocks(sysfs, "online", blocks_or_size, _run_options(sysfs, kw, dry_run))
+    _finish(ctx, result, kw["as_json"])
+
+
+@main.command()
+@click.argument("blocks_or_size", metavar="BLOCKS|SIZE")
+@policy_options
+@write_options
+@click.option("--dry-run", is_flag=True, help="Plan and print, write nothing.")
+@click.option("--force", is_flag=True,
+              help="Allow named boot blocks, and ignore the reserve and --min-online (the kernel still refuses what it must).")
+@click.pass_context
+def offline(ctx: click.Context, blocks_or_size: str, dry_run: bool, force: bool, **kw) -> None:
+    """Offline blocks by index (12, 12-20) or an amount of memory (512M: Movable, highest first)."""
+    from . import engine
+
+    sysfs = _gateway(ctx)
+    result = engine.change_blocks(sysfs, "offline", blocks_or_size, _run_options(sysfs, kw, dry_run), force=force)
+    _finish(ctx, result, kw["as_json"])

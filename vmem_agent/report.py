@@ -138,3 +138,87 @@ def status_document(state: MemoryState) -> dict:
 
 def render_json(document: dict) -> str:
     return json.dumps(document, indent=1)
+
+
+def _block_span(first, last) -> str:
+    label = str(first.index) if first.index == last.index else f"{first.index}-{last.index}"
+    return f"{label} (0x{first.start:x}-0x{last.end:x})"
+
+
+def _runs(items, key):
+    """Consecutive items with the same key and neighbouring indexes, as (first, last, count)."""
+    runs = []
+    for item in items:
+        if runs and key(runs[-1][1]) == key(item) and abs(item.index - runs[-1][1].index) == 1:
+            runs[-1] = (runs[-1][0], item, runs[-1][2] + 1)
+        else:
+            runs.append((item, item, 1))
+    return runs
+
+
+def render_plan(plan, block_size: int) -> str:
+    """The plan as a table, neighbouring blocks with the same write merged into one row."""
+    header = ("ACTION", "BLOCKS", "RANGE", "SIZE", "ZONE", "WRITE", "REASON")
+    rows = [header]
+    for first, last, count in _runs(plan.actions, key=lambda a: (a.kind, a.zone, a.write, a.reason)):
+        low, high = (first, last) if first.index <= last.index else (last, first)
+        label = str(low.index) if count == 1 else f"{low.index}-{high.index}"
+        rows.append((first.kind, label, f"0x{low.start:x}-0x{high.end:x}", format_size(count * block_size),
+                     first.zone or "-", first.write, first.reason))
+    lines = []
+    if len(rows) > 1:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+        for row in rows:
+            lines.append(" ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " " + row[-1])
+    lines.append(
+        f"Online memory: {format_size(plan.current_bytes)} -> {format_size(plan.planned_bytes)}"
+        f" (target {format_size(plan.target_bytes)})"
+        + (f", {format_size(plan.shortfall_bytes)} short" if plan.shortfall_bytes else "")
+    )
+    lines.extend(f"note: {note}" for note in plan.notes)
+    return "\n".join(lines)
+
+
+def plan_document(plan, target_note: str | None = None) -> dict:
+    return {
+        "plan": {
+            "target_bytes": plan.target_bytes,
+            "current_online_bytes": plan.current_bytes,
+            "planned_online_bytes": plan.planned_bytes,
+            "shortfall_bytes": plan.shortfall_bytes,
+            "actions": [action._asdict() for action in plan.actions],
+            "notes": ([target_note] if target_note else []) + list(plan.notes),
+        }
+    }
+
+
+def render_run(result) -> str:
+    """What a resize/online/offline run did, block by block, then the outcome."""
+    lines = []
+    for first, last, _count in _runs(result.blocks, key=lambda r: (r.operation, r.outcome, r.zone, r.message)):
+        low, high = (first, last) if first.index <= last.index else (last, first)
+        what = f"memory block{'s' if low is not high else ''} {_block_span(low, high)}: {first.operation}"
+        if first.outcome == "done":
+            what += " done" + (f", zone {first.zone}" if first.zone else "")
+        elif first.outcome == "already":
+            what += ": already in that state"
+        elif first.outcome == "not-attempted":
+            what += f" (not attempted: {first.message})" if not result.dry_run else f" (dry run: {first.message})"
+        else:
+            what += f" {first.outcome}: {first.message}"
+        lines.append(what)
+    before, after = format_size(result.initial_online_bytes), format_size(result.final_online_bytes)
+    verdict = "done" if result.reached else ("partial" if result.changed else "failed")
+    if result.dry_run:
+        verdict = "dry run, would reach the target" if result.reached else "dry run, would fall short"
+    summary = f"Online memory: {before} -> {after}"
+    if result.target_bytes is not None:
+        summary += f" (target {format_size(result.target_bytes)})"
+        if not result.reached and not result.dry_run:
+            gap = abs(result.target_bytes - result.final_online_bytes)
+            summary += f", {format_size(gap)} {'short' if result.final_online_bytes < result.target_bytes else 'over'}"
+    lines.append(f"{summary}: {verdict}")
+    lines.extend(f"note: {note}" for note in result.notes)
+    if result.kdump is not None:
+        lines.append(f"kdump: {result.kdump.action} ({result.kdump.reason})")
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""The resize engine: snapshot, plan, apply, re-plan, reload kdump once.
+
+The CLI (and later the daemon) call these functions; they hold no state between runs.
+A round applies one plan; blocks that failed are excluded and the next round plans
+again on a fresh snapshot, so a busy block is replaced by the next candidate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from . import policy
+from .errors import UsageError
+from .executor import (
+    ALREADY,
+    DONE,
+    FAILED,
+    MAX_PLANNING_ROUNDS,
+    NOT_ATTEMPTED,
+    OFFLINE_BLOCK_TIMEOUT_S,
+    RESIZE_TIMEOUT_S,
+    TIMED_OUT,
+    BlockResult,
+    BlockWriter,
+    Deadline,
+    RunResult,
+)
+from .kdump import KdumpConfig, reload_after_change
+from .lock import WriterLock, default_lock_path
+from .model import MemoryState
+from .sizes import format_size, parse_size, resolve_target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a writing command can tune; defaults are the production values."""
+
+    policy: policy.PolicyConfig = policy.PolicyConfig()
+    kdump: KdumpConfig = KdumpConfig()
+    block_timeout: float = OFFLINE_BLOCK_TIMEOUT_S
+    timeout: float = RESIZE_TIMEOUT_S
+    lock_path: str | None = None
+    lock_wait: float = 0.0
+    dry_run: bool = False
+
+
+def resolve_resize_target(state: MemoryState, size_text: str):
+    present = state.block_size * len(state.blocks)
+    return resolve_target(parse_size(size_text), state.online_bytes, state.block_size, present)
+
+
+def plan_resize(sysfs, size_text: str, options: RunOptions):
+    """The plan a resize would start with, and the resolved target (no writes)."""
+    state = sysfs.snapshot()
+    target = resolve_resize_target(state, size_text)
+    plan = policy.plan_target(state, target.bytes, options.policy, sysfs.memory_figures())
+    return state, target, plan
+
+
+def resize(sysfs, size_text: str, options: RunOptions) -> RunResult:
+    state = sysfs.snapshot()
+    target = resolve_resize_target(state, size_text)
+    result = RunResult(target_bytes=target.bytes, initial_online_bytes=state.online_bytes, dry_run=options.dry_run)
+    if target.note:
+        result.notes.append(target.note)
+
+    def make_plan(current: MemoryState, excluded: frozenset[int]):
+        return policy.plan_target(current, target.bytes, options.policy, sysfs.memory_figures(), excluded)
+
+    return _run(sysfs, state, make_plan, result, options)
+
+
+def change_blocks(sysfs, operation: str, spec: str, options: RunOptions, force: bool = False) -> RunResult:
+    """`online`/`offline` of explicit blocks (`12`, `12-20`, `3,5-7`) or of an amount (`1G`)."""
+    state = sysfs.snapshot()
+    indexes = parse_block_list(spec) if _looks_like_blocks(spec) else None
+    result = RunResult(target_bytes=None, initial_online_bytes=state.online_bytes, dry_run=options.dry_run)
+    if indexes is not None:
+        present = {block.index for block in state.blocks}
+        missing = [index for index in indexes if index not in present]
+        if missing:
+            raise UsageError(f"no such memory block: {', '.join(map(str, missing[:10]))}" + (" ..." if len(missing) > 10 else ""))
+        request = indexes
+    else:
+        request = parse_size(spec, allow_relative=False).bytes
+        if request % state.block_size:
+            raise UsageError(f"{spec!r} is not a multiple of the {format_size(state.block_size)} block size")
+        if request == 0:
+            raise UsageError(f"{spec!r}: nothing to {operation}")
+
+    def make_plan(current: MemoryState, excluded: frozenset[int]):
+        figures = sysfs.memory_figures()
+        if operation == "online":
+            return policy.plan_online(current, request, options.policy, excluded)
+        return policy.plan_offline(current, request, options.policy, figures, excluded, force=force)
+
+    return _run(sysfs, state, make_plan, result, options, one_round=indexes is not None)
+
+
+def _looks_like_blocks(spec: str) -> bool:
+    stripped = spec.replace(" ", "")
+    return bool(stripped) and all(part.replace("-", "", 1).isdigit() for part in stripped.split(","))
+
+
+def parse_block_list(spec: str) -> list[int]:
+    """`12`, `12-20`, `3,5-7` -> sorted unique block indexes; UsageError otherwise."""
+    indexes: set[int] = set()
+    for part in spec.replace(" ", "").split(","):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise UsageError(f"invalid block list {spec!r}: expected N, N-M or a comma-separated list of them")
+        low, high = int(first), int(last) if dash else int(first)
+        if high < low:
+            raise UsageError(f"invalid block range {part!r} in {spec!r}: {high} < {low}")
+        indexes.update(range(low, high + 1))
+    return sorted(indexes)
+
+
+def _run(sysfs, state: MemoryState, make_plan, result: RunResult, options: RunOptions, one_round: bool = False) -> RunResult:
+    if options.dry_run:
+        plan = make_plan(state, frozenset())
+        result.notes.extend(plan.notes)
+        result.blocks.extend(
+            BlockResult(a.index, a.start, a.end, a.write, NOT_ATTEMPTED, message=a.reason) for a in plan.actions
+        )
+        result.final_online_bytes = plan.planned_bytes
+        result.planned_shortfall_bytes = plan.shortfall_bytes
+        result.reached = plan.shortfall_bytes == 0
+        return result
+    lock_path = options.lock_path or default_lock_path(sysfs.root)
+    with WriterLock(lock_path, options.lock_wait):
+        _apply_rounds(sysfs, state, make_plan, result, options, one_round)
+        final = sysfs.snapshot()
+        result.final_online_bytes = final.online_bytes
+        result.reached = _reached(result, final)
+        if result.changed:
+            result.kdump = reload_after_change(sysfs, options.kdump)
+            log.info("kdump: %s (%s)", result.kdump.action, result.kdump.reason)
+    return result
+
+
+def _reached(result: RunResult, final: MemoryState) -> bool:
+    if result.target_bytes is not None:
+        return final.online_bytes == result.target_bytes
+    # Manual online/offline: every planned write succeeded and nothing was left unplanned.
+    return result.planned_shortfall_bytes == 0 and all(r.outcome in (DONE, ALREADY) for r in result.blocks)
+
+
+def _apply_rounds(sysfs, state, make_plan, result: RunResult, options: RunOptions, one_round: bool) -> None:
+    writer = BlockWriter(sysfs, block_timeout=options.block_timeout)
+    deadline = Deadline(options.timeout)
+    excluded: set[int] = set()
+    for _round in range(MAX_PLANNING_ROUNDS):
+        plan = make_plan(state, frozenset(excluded))
+        result.planned_shortfall_bytes = plan.shortfall_bytes
+        for note in plan.notes:
+            if note not in result.notes:
+                result.notes.append(note)
+        if not plan.actions:
+            return
+        for position, action in enumerate(plan.actions):
+            if deadline.expired:
+                result.notes.append(f"stopped: the overall deadline of {options.timeout:g}s expired")
+                result.blocks.extend(
+                    BlockResult(a.index, a.start, a.end, a.write, NOT_ATTEMPTED, message="overall deadline expired")
+                    for a in plan.actions[position:]
+                )
+                return
+            outcome = writer.apply(action.index, action.start, action.end, action.write, deadline)
+            log.info("memory block %d: %s %s", action.index, action.write, outcome.outcome)
+            result.blocks.append(outcome)
+            if outcome.outcome in (FAILED, TIMED_OUT):
+                excluded.add(action.index)
+        if one_round:
+            return
+        state = sysfs.snapshot()
+    result.notes.append(f"stopped after {MAX_PLANNING_ROUNDS} planning rounds")

@@ -1,0 +1,181 @@
+"""Apply plans through the gateway: retries, deadlines, re-planning, one kdump reload.
+
+Offlining can block forever in the kernel (it retries page migration until a signal
+arrives), so every offline write runs in a forked child that is signalled at its
+deadline; the agent itself never blocks in the kernel. A block that stays busy after
+its retries is given up and the planner picks another candidate.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, BlockBusyError, OfflineTimeoutError, SysfsError
+from .kdump import KdumpConfig, KdumpOutcome, reload_after_change
+from .model import MemoryState
+from .sizes import format_size
+
+log = logging.getLogger(__name__)
+
+# EBUSY/EAGAIN: how often to try one block, and the backoff between tries.
+BUSY_ATTEMPTS = 3
+BUSY_BACKOFF_INITIAL_S = 0.1
+BUSY_BACKOFF_MAX_S = 1.0
+# Offline writes that do not return by then are interrupted (the kernel returns EINTR).
+OFFLINE_BLOCK_TIMEOUT_S = 30.0
+RESIZE_TIMEOUT_S = 600.0
+# A plan is re-made after each round; this bounds pathological kernels.
+MAX_PLANNING_ROUNDS = 64
+
+DONE = "done"
+ALREADY = "already"
+FAILED = "failed"
+TIMED_OUT = "timed-out"
+NOT_ATTEMPTED = "not-attempted"
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """What happened to one block, for the report and the JSON output."""
+
+    index: int
+    start: int
+    end: int
+    operation: str  # what was written: online, online_movable, online_kernel, offline
+    outcome: str  # DONE, ALREADY, FAILED, TIMED_OUT, NOT_ATTEMPTED
+    attempts: int = 0
+    seconds: float = 0.0
+    errno: int | None = None
+    message: str = ""
+    zone: str | None = None  # zone after a successful online
+
+    @property
+    def changed(self) -> bool:
+        return self.outcome == DONE
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "start": self.start,
+            "end": self.end,
+            "operation": self.operation,
+            "outcome": self.outcome,
+            "attempts": self.attempts,
+            "seconds": round(self.seconds, 3),
+            "errno": errno.errorcode.get(self.errno) if self.errno else None,
+            "message": self.message,
+            "zone": self.zone,
+        }
+
+
+@dataclass
+class RunResult:
+    """The outcome of a resize/online/offline run."""
+
+    target_bytes: int | None
+    initial_online_bytes: int
+    final_online_bytes: int = 0
+    blocks: list[BlockResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    kdump: KdumpOutcome | None = None
+    reached: bool = False
+    dry_run: bool = False
+    planned_shortfall_bytes: int = 0  # what the last plan could not cover (floor, ratio, candidates)
+
+    @property
+    def changed(self) -> bool:
+        return any(result.changed for result in self.blocks)
+
+    @property
+    def exit_code(self) -> int:
+        if self.reached:
+            return EXIT_OK
+        return EXIT_PARTIAL if self.changed else EXIT_FAILURE
+
+    def to_json(self) -> dict:
+        return {
+            "target_bytes": self.target_bytes,
+            "initial_online_bytes": self.initial_online_bytes,
+            "final_online_bytes": self.final_online_bytes,
+            "reached": self.reached,
+            "dry_run": self.dry_run,
+            "shortfall_bytes": max(0, (self.target_bytes or 0) - self.final_online_bytes)
+            if self.target_bytes is not None and self.final_online_bytes < self.target_bytes
+            else 0,
+            "excess_bytes": max(0, self.final_online_bytes - self.target_bytes) if self.target_bytes is not None else 0,
+            "blocks": [result.to_json() for result in self.blocks],
+            "notes": list(self.notes),
+            "kdump": self.kdump.to_json() if self.kdump else None,
+            "exit_code": self.exit_code,
+        }
+
+
+class Deadline:
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._end = clock() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - self._clock())
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+
+class BlockWriter:
+    """Writes one block's state with retries on EBUSY, offlines under a deadline."""
+
+    def __init__(self, sysfs, block_timeout: float = OFFLINE_BLOCK_TIMEOUT_S, busy_attempts: int = BUSY_ATTEMPTS):
+        self.sysfs = sysfs
+        self.block_timeout = block_timeout
+        self.busy_attempts = busy_attempts
+
+    def apply(self, index: int, start: int, end: int, operation: str, deadline: Deadline) -> BlockResult:
+        began = time.monotonic()
+        attempts = 0
+
+        def attempt() -> str:
+            nonlocal attempts
+            attempts += 1
+            if operation == "offline":
+                return self.sysfs.offline_block(index, min(self.block_timeout, max(deadline.remaining(), 0.1)))
+            return self.sysfs.write_block_state(index, operation)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.busy_attempts),
+            wait=wait_exponential(multiplier=BUSY_BACKOFF_INITIAL_S, max=BUSY_BACKOFF_MAX_S),
+            retry=retry_if_exception_type(BlockBusyError),
+            reraise=True,
+        )
+        base = dict(index=index, start=start, end=end, operation=operation)
+        try:
+            outcome = retrying(attempt)
+        except OfflineTimeoutError as timeout:
+            return BlockResult(**base, outcome=TIMED_OUT, attempts=attempts, seconds=time.monotonic() - began,
+                               errno=timeout.errno, message=str(timeout))
+        except SysfsError as exc:
+            message = str(exc)
+            if isinstance(exc, BlockBusyError):
+                message += f" (gave up after {attempts} attempts)"
+            return BlockResult(**base, outcome=FAILED, attempts=attempts, seconds=time.monotonic() - began,
+                               errno=exc.errno, message=message)
+        zone = None
+        if operation != "offline":
+            zone = self._zone_of(index)
+        return BlockResult(**base, outcome=DONE if outcome == "changed" else ALREADY, attempts=attempts,
+                           seconds=time.monotonic() - began, zone=zone)
+
+    def _zone_of(self, index: int) -> str | None:
+        try:
+            zones = self.sysfs.read_text(f"sys/devices/system/memory/memory{index}/valid_zones", block=index).split()
+        except SysfsError:
+            return None
+        return zones[0] if zones else None

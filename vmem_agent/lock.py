@@ -1,0 +1,75 @@
+"""One writer at a time: an flock on a file under /run, per sysfs root.
+
+Two agents (or an agent and an operator) interleaving online/offline writes would each
+plan on a snapshot the other is changing. The lock is per root, so tests on separate
+fake trees do not contend, while every writer of the real `/` shares /run/vmem-agent.lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import time
+
+from .errors import LockBusyError, VmemError
+
+LOCK_DIR = "/run"
+LOCK_POLL_INTERVAL_S = 0.1
+
+
+def default_lock_path(sysfs_root: str) -> str:
+    if os.path.abspath(sysfs_root) == "/":
+        return os.path.join(LOCK_DIR, "vmem-agent.lock")
+    digest = hashlib.sha1(os.path.abspath(sysfs_root).encode()).hexdigest()[:12]
+    return os.path.join(LOCK_DIR, f"vmem-agent-{digest}.lock")
+
+
+class WriterLock:
+    """Context manager holding an exclusive flock; `wait` seconds to wait (0: fail at once)."""
+
+    def __init__(self, path: str, wait: float = 0.0):
+        self.path = path
+        self.wait = wait
+        self._fd: int | None = None
+
+    def __enter__(self) -> "WriterLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise VmemError(f"cannot open lock file {self.path}: {os.strerror(exc.errno)}") from None
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                    os.close(fd)
+                    raise VmemError(f"cannot lock {self.path}: {os.strerror(exc.errno)}") from None
+                if time.monotonic() >= deadline:
+                    holder = self._holder(fd)
+                    os.close(fd)
+                    raise LockBusyError(
+                        f"busy: another vmem-agent writer{holder} holds {self.path}"
+                        + (f" (waited {self.wait:g}s)" if self.wait else "; use --wait SECONDS to wait for it")
+                    ) from None
+                time.sleep(LOCK_POLL_INTERVAL_S)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            text = os.pread(fd, 32, 0).decode().strip()
+        except OSError:
+            return ""
+        return f" (pid {text})" if text.isdigit() else ""
+
+    def __exit__(self, *exc_info) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
