@@ -1,0 +1,158 @@
+"""The gateway's readers on small hand-made and deliberately broken trees (plain files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmem_agent.errors import UnsupportedSystemError
+from vmem_agent.sysfs import Sysfs
+
+BLOCK = 128 << 20
+
+
+def make_tree(root: Path, blocks: dict[int, dict[str, str]], block_size: int = BLOCK, extra: dict[str, str] | None = None,
+              node_links: bool = True) -> Path:
+    memory = root / "sys/devices/system/memory"
+    memory.mkdir(parents=True)
+    (memory / "block_size_bytes").write_text(f"{block_size:x}\n")
+    for index, attributes in blocks.items():
+        directory = memory / f"memory{index}"
+        directory.mkdir()
+        for name, value in attributes.items():
+            (directory / name).write_text(value + "\n")
+        if node_links:
+            (directory / "node0").symlink_to("../../node/node0")
+    for relative, value in (extra or {}).items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value)
+    return root
+
+
+def full(state: str, zones: str) -> dict[str, str]:
+    return {"state": state, "valid_zones": zones, "removable": "1", "phys_device": "0", "phys_index": "0"}
+
+
+def test_blocks_sorted_numerically_and_non_blocks_ignored(tmp_path):
+    root = make_tree(tmp_path, {i: full("online", "Normal") for i in (10, 9, 100, 2)})
+    (root / "sys/devices/system/memory/memoryX").mkdir()
+    (root / "sys/devices/system/memory/memory").mkdir()
+    state = Sysfs(root).snapshot()
+    assert [b.index for b in state.blocks] == [2, 9, 10, 100]
+    assert state.blocks[0].start == 2 * BLOCK and state.blocks[0].end == 3 * BLOCK - 1
+
+
+def test_zones_parsed_in_kernel_order(tmp_path):
+    root = make_tree(tmp_path, {0: full("online", "none"), 1: full("offline", "Movable Normal"), 2: full("online", "DMA32")})
+    blocks = Sysfs(root).snapshot().blocks
+    assert blocks[0].zones == ("none",) and blocks[0].zone == "none"
+    assert blocks[1].zones == ("Movable", "Normal") and blocks[1].zone is None
+    assert blocks[2].zone == "DMA32"
+
+
+@pytest.mark.parametrize(
+    "missing,field,warning_part",
+    [("valid_zones", "zones", "zones unknown"), ("removable", "removable", "removable unknown"),
+     ("phys_device", "phys_device", "phys_device unknown")],
+)
+def test_missing_optional_attribute_degrades_with_one_warning(tmp_path, missing, field, warning_part):
+    blocks = {i: {k: v for k, v in full("online", "Normal").items() if k != missing} for i in range(3)}
+    state = Sysfs(make_tree(tmp_path, blocks)).snapshot()
+    assert all(getattr(block, field) is None for block in state.blocks)
+    assert len(state.warnings) == 1 and warning_part in state.warnings[0]
+    if missing == "valid_zones":
+        assert not state.zones_supported
+
+
+def test_node_from_node_directories_wins_over_per_block_listing(tmp_path):
+    root = make_tree(tmp_path, {0: full("online", "Normal"), 1: full("online", "Normal")}, node_links=False)
+    for node, index in ((0, 0), (1, 1)):
+        node_dir = root / f"sys/devices/system/node/node{node}"
+        node_dir.mkdir(parents=True)
+        (node_dir / f"memory{index}").symlink_to(f"../../memory/memory{index}")
+    assert [b.node for b in Sysfs(root).snapshot().blocks] == [0, 1]
+
+
+def test_no_node_information_gives_none(tmp_path):
+    root = make_tree(tmp_path, {0: full("online", "Normal")}, node_links=False)
+    state = Sysfs(root).snapshot()
+    assert state.blocks[0].node is None and not state.nodes_supported
+
+
+def test_global_attributes_and_params(tmp_path):
+    params = "sys/module/memory_hotplug/parameters"
+    root = make_tree(tmp_path, {0: full("online", "Normal")}, extra={
+        "sys/devices/system/memory/auto_online_blocks": "offline\n",
+        "sys/devices/system/memory/crash_hotplug": "1\n",
+        "sys/kernel/kexec_crash_loaded": "0\n",
+        f"{params}/online_policy": "auto-movable\n",
+        f"{params}/auto_movable_ratio": "150\n",
+        f"{params}/auto_movable_numa_aware": "N\n",
+        f"{params}/memmap_on_memory": "Y\n",
+    })
+    state = Sysfs(root).snapshot()
+    assert state.auto_online_blocks == "offline"
+    assert state.crash_hotplug is True and state.kexec_crash_loaded is False
+    assert state.params.online_policy == "auto-movable" and state.params.auto_movable_ratio == 150
+    assert state.params.auto_movable_numa_aware is False and state.params.memmap_on_memory is True
+
+
+def test_absent_global_attributes_are_unknown(tmp_path):
+    state = Sysfs(make_tree(tmp_path, {0: full("online", "Normal")})).snapshot()
+    assert state.crash_hotplug is None and state.kexec_crash_loaded is None and state.auto_online_blocks is None
+    assert state.params.online_policy is None
+
+
+def test_dimm_and_virtio_mem_origin(tmp_path):
+    blocks = {i: full("online" if i < 2 else "offline", "Normal" if i < 2 else "Normal Movable") for i in range(6)}
+    iomem = (
+        "00000000-0000ffff : Reserved\n"
+        "00001000-0fffffff : System RAM\n"
+        "  01000000-01ffffff : Kernel code\n"
+        "20000000-2fffffff : virtio7\n"
+        "  20000000-27ffffff : System RAM (virtio_mem)\n"
+    )
+    root = make_tree(tmp_path, blocks, extra={"proc/iomem": iomem})
+    acpi = root / "sys/bus/acpi/devices/PNP0C80:00"
+    acpi.mkdir(parents=True)
+    (acpi / "physical_node").symlink_to("../../../../devices/system/memory/memory2")
+    (acpi / "physical_node1").symlink_to("../../../../devices/system/memory/memory3")
+    origins = [(b.origin, b.group) for b in Sysfs(root).snapshot().blocks]
+    assert origins == [
+        ("boot", None), ("boot", None), ("dimm", "acpi:PNP0C80:00"), ("dimm", "acpi:PNP0C80:00"),
+        ("virtio-mem", "virtio-mem:virtio7"), ("boot", None),
+    ]
+
+
+def test_iomem_without_addresses_warns(tmp_path):
+    iomem = "00000000-00000000 : System RAM\n00000000-00000000 : virtio7\n  00000000-00000000 : System RAM (virtio_mem)\n"
+    state = Sysfs(make_tree(tmp_path, {0: full("online", "Normal")}, extra={"proc/iomem": iomem})).snapshot()
+    assert any("not root" in warning for warning in state.warnings)
+
+
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda root: None, "does not exist"),
+        (lambda root: root.mkdir(), "no such directory"),
+        (lambda root: (root / "sys/devices/system/memory").mkdir(parents=True), "block_size_bytes: missing"),
+        (lambda root: make_tree(root, {}), "no memory blocks"),
+        (lambda root: (make_tree(root, {0: full("online", "Normal")}) / "sys/devices/system/memory/block_size_bytes").write_text("zz\n"),
+         "unreadable block size"),
+    ],
+)
+def test_unsupported_roots_raise_one_clear_error(tmp_path, setup, message):
+    root = tmp_path / "root"
+    setup(root)
+    with pytest.raises(UnsupportedSystemError, match=message):
+        Sysfs(root).snapshot()
+
+
+def test_write_never_creates_files(tmp_path):
+    root = make_tree(tmp_path, {0: full("online", "Normal")})
+    with pytest.raises(Exception) as caught:
+        Sysfs(root).write_block_state(7, "offline")
+    assert getattr(caught.value, "errno", None) == 2 and caught.value.block == 7
+    assert not (root / "sys/devices/system/memory/memory7").exists()
