@@ -14,15 +14,15 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-_UNIT_SHIFTS = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+_UNIT_SHIFTS = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50, "E": 60}
 _FORMAT_LETTERS = "BKMGTPE"
 MAX_SIZE = 2**64 - 1  # what the kernel's u64 byte counters can hold
 _MAX_INPUT_CHARS = 64  # long enough for any honest size; keeps int() away from huge digit strings
 _SIZE_SYNTAX = re.compile(
-    r"(?P<sign>[+-]?)(?P<whole>[0-9]*)(?:\.(?P<fraction>[0-9]+))?\s*(?P<unit>[KMGT]?)(?P<suffix>I?B)?",
+    r"(?P<sign>[+-]?)(?P<whole>[0-9]*)(?:\.(?P<fraction>[0-9]+))?\s*(?P<unit>[KMGTPE]?)(?P<suffix>I?B)?",
     re.ASCII | re.IGNORECASE,
 )
-_SIZE_HELP = "expected a number with an optional binary unit K, M, G or T (KiB, MiB, GiB, TiB), e.g. 6G, 512M, 1.5G, +1G, -512M"
+_SIZE_HELP = "expected a number with an optional binary unit K, M, G, T, P or E (KiB, MiB, ...), e.g. 6G, 512M, 1.5G, +1G, -512M"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ def parse_size(text: str, allow_relative: bool = True) -> SizeRequest:
         raise UsageError(f"invalid size {text!r}: {_SIZE_HELP}")
     unit = match["unit"].upper()
     if match["suffix"] and match["suffix"].upper() == "IB" and not unit:
-        raise UsageError(f"invalid size {text!r}: 'iB' needs a unit letter before it (KiB, MiB, GiB, TiB)")
+        raise UsageError(f"invalid size {text!r}: 'iB' needs a unit letter before it (KiB, MiB, GiB, ...)")
     sign = {"": 0, "+": 1, "-": -1}[match["sign"]]
     if sign and not allow_relative:
         raise UsageError(f"invalid size {text!r}: a relative size (+/-) is not allowed here")
@@ -71,7 +71,7 @@ def parse_size(text: str, allow_relative: bool = True) -> SizeRequest:
     scaled = int((match["whole"] or "0") + fraction) << _UNIT_SHIFTS[unit]
     divisor = 10 ** len(fraction)
     if not unit and scaled % divisor:
-        raise UsageError(f"invalid size {text!r}: a fraction of a byte; add a unit (K, M, G, T)")
+        raise UsageError(f"invalid size {text!r}: a fraction of a byte; add a unit (K, M, G, ...)")
     size = -(-scaled // divisor)
     if size > MAX_SIZE:
         raise UsageError(f"invalid size {text!r}: larger than 64 bits ({format_size(MAX_SIZE)})")
@@ -88,7 +88,7 @@ def resolve_target(request: SizeRequest, current_online: int, block_size: int, t
     if block_size <= 0:
         raise ValueError(f"block size must be positive, not {block_size}")
     requested = current_online + request.sign * request.bytes if request.relative else request.bytes
-    asked = f"{format_size(current_online, exact=True)}{request.text}" if request.relative else request.text
+    asked = f"{request.text} (from {format_size(current_online, exact=True)} online)" if request.relative else request.text
     if requested <= 0:
         raise UsageError(f"target {asked} leaves no memory online: the target must be more than 0B")
     aligned = -(-requested // block_size) * block_size
