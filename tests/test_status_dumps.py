@@ -83,7 +83,7 @@ def test_status_json_agrees_with_lsmem(unpacked, tarball):
 @pytest.mark.parametrize("tarball", [t.name for t in TARBALLS])
 def test_status_blocks_match_the_files(unpacked, tarball):
     root = unpacked[tarball]
-    ours = json.loads(run_agent(root, "status", "--json").stdout)["memory"]
+    ours = json.loads(run_agent(root, "status", "--json", "--legacy").stdout)["memory"]
     memory = root / "sys/devices/system/memory"
     indexes = sorted(int(p.name[6:]) for p in memory.glob("memory[0-9]*"))
     assert [block["index"] for block in ours["blocks"]] == indexes
@@ -91,6 +91,8 @@ def test_status_blocks_match_the_files(unpacked, tarball):
         directory = memory / f"memory{block['index']}"
         assert block["state"] == (directory / "state").read_text().strip()
         assert block["zones"] == (directory / "valid_zones").read_text().split()
+        assert block["removable"] == ((directory / "removable").read_text().strip() == "1")
+        assert block["phys_device"] == int((directory / "phys_device").read_text())
         node_links = [p.name for p in directory.iterdir() if re.fullmatch(r"node\d+", p.name)]
         assert block["node"] == (int(node_links[0][4:]) if node_links else None)
 

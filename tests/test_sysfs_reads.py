@@ -44,6 +44,13 @@ def test_blocks_sorted_numerically_and_non_blocks_ignored(tmp_path):
     assert state.blocks[0].start == 2 * BLOCK and state.blocks[0].end == 3 * BLOCK - 1
 
 
+def test_legacy_attributes_are_read_only_when_asked(tmp_path):
+    root = make_tree(tmp_path, {0: {**full("online", "Normal"), "phys_device": "3", "removable": "0"}})
+    assert Sysfs(root).snapshot().blocks[0][6:8] == (None, None)
+    block = Sysfs(root).snapshot(legacy=True).blocks[0]
+    assert (block.phys_device, block.removable) == (3, False)
+
+
 def test_zones_parsed_in_kernel_order(tmp_path):
     root = make_tree(tmp_path, {0: full("online", "none"), 1: full("offline", "Movable Normal"), 2: full("online", "DMA32")})
     blocks = Sysfs(root).snapshot().blocks
@@ -59,7 +66,7 @@ def test_zones_parsed_in_kernel_order(tmp_path):
 )
 def test_missing_optional_attribute_degrades_with_one_warning(tmp_path, missing, field, warning_part):
     blocks = {i: {k: v for k, v in full("online", "Normal").items() if k != missing} for i in range(3)}
-    state = Sysfs(make_tree(tmp_path, blocks)).snapshot()
+    state = Sysfs(make_tree(tmp_path, blocks)).snapshot(legacy=True)
     assert all(getattr(block, field) is None for block in state.blocks)
     assert len(state.warnings) == 1 and warning_part in state.warnings[0]
     if missing == "valid_zones":

@@ -71,16 +71,17 @@ def _gateway(ctx: click.Context):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document (top-level key \"memory\", see docs/json.md).")
 @click.option("--blocks", "per_block", is_flag=True, help="One row per block instead of merged ranges.")
 @click.option("--no-summary", is_flag=True, help="Table only, without the summary lines.")
+@click.option("--legacy", is_flag=True, help="Also read removable and phys_device of every block (JSON only).")
 @click.pass_context
-def status(ctx: click.Context, as_json: bool, per_block: bool, no_summary: bool) -> None:
+def status(ctx: click.Context, as_json: bool, per_block: bool, no_summary: bool, legacy: bool) -> None:
     """Show memory blocks, zones, nodes and hotplug settings (reads only)."""
     from . import report
 
-    state = _gateway(ctx).snapshot()
+    state = _gateway(ctx).snapshot(legacy=legacy)
     for warning in state.warnings:
         click.echo(f"vmem-agent: warning: {warning}", err=True)
     if as_json:
-        click.echo(report.render_json(report.status_document(state)))
+        click.echo(report.render_status_json(state, legacy))
         return
     click.echo(report.render_table(state, per_block=per_block))
     if not no_summary:
@@ -154,7 +155,8 @@ def _policy_config(state_params, zone, movable_ratio, reserve, min_online):
     from .policy import DEFAULT_MOVABLE_RATIO, PolicyConfig
 
     if movable_ratio is None:
-        movable_ratio = state_params.auto_movable_ratio or DEFAULT_MOVABLE_RATIO
+        kernel_ratio = state_params.auto_movable_ratio
+        movable_ratio = DEFAULT_MOVABLE_RATIO if kernel_ratio is None else kernel_ratio
     numa_aware = state_params.auto_movable_numa_aware if state_params.auto_movable_numa_aware is not None else True
     return PolicyConfig(zone_mode=zone, movable_ratio=movable_ratio, numa_aware=numa_aware, reserve_bytes=reserve,
                         min_online_bytes=min_online)

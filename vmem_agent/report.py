@@ -84,22 +84,35 @@ def render_summary(state: MemoryState) -> str:
     return "\n".join(f"{label:<{width}} {value}" for label, value in pairs)
 
 
-def _block_json(block: MemoryBlock) -> dict:
-    return {
-        "index": block.index,
-        "start": block.start,
-        "end": block.end,
-        "state": block.state,
-        "zones": list(block.zones) if block.zones is not None else None,
-        "node": block.node,
-        "removable": block.removable,
-        "phys_device": block.phys_device,
-        "origin": block.origin,
-        "group": block.group,
-    }
+def _blocks_json(blocks, legacy: bool) -> str:
+    """The `blocks` array as JSON text, one template fill per block.
+
+    A status of 65,536 blocks would spend more time building and encoding one dict per
+    block than scanning sysfs. The fields take only a handful of distinct values besides
+    the integers, so each distinct value is encoded once by the json module and reused;
+    the output is the same JSON that json.dumps would give for the dicts.
+    """
+    encoded: dict = {}
+
+    def enc(value) -> str:
+        text = encoded.get(value)
+        if text is None:
+            text = encoded[value] = json.dumps(value, separators=(",", ":"))
+        return text
+
+    template = '{"index":%d,"start":%d,"end":%d,"state":%s,"zones":%s,"node":%s,"origin":%s,"group":%s'
+    parts = []
+    for block in blocks:
+        entry = template % (block.index, block.start, block.start + block.size - 1, enc(block.state),
+                            enc(block.zones), enc(block.node), enc(block.origin), enc(block.group))
+        if legacy:
+            entry += f',"removable":{enc(block.removable)},"phys_device":{enc(block.phys_device)}'
+        parts.append(entry + "}")
+    return "[" + ",".join(parts) + "]"
 
 
 def status_document(state: MemoryState) -> dict:
+    """The `status --json` document but its `blocks` array (see render_status_json)."""
     params = state.params
     return {
         "memory": {
@@ -126,18 +139,26 @@ def status_document(state: MemoryState) -> dict:
                     "first_block": rng.first.index,
                     "last_block": rng.last.index,
                     "node": rng.first.node,
-                    "zones": list(rng.first.zones) if rng.first.zones is not None else None,
+                    "zones": rng.first.zones,
                 }
                 for rng in group_ranges(state.blocks)
             ],
-            "blocks": [_block_json(block) for block in state.blocks],
             "warnings": list(state.warnings),
         }
     }
 
 
 def render_json(document: dict) -> str:
-    return json.dumps(document, indent=1)
+    """Compact JSON: json's C encoder only runs without indent, and status can be 10 MB."""
+    return json.dumps(document, separators=(",", ":"))
+
+
+def render_status_json(state: MemoryState, legacy: bool = False) -> str:
+    """`status --json`: the document with the pre-encoded `blocks` array spliced in last."""
+    head = render_json(status_document(state))
+    assert head.endswith("}}")
+    return f'{head[:-2]},"blocks":{_blocks_json(state.blocks, legacy)}}}}}'
+
 
 
 def _block_span(first, last) -> str:

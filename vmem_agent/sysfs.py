@@ -21,13 +21,13 @@ from .iomem import parse_iomem, virtio_mem_regions
 from .model import (
     OFFLINE,
     ONLINE,
-    ORIGIN_BOOT,
     ORIGIN_DIMM,
     ORIGIN_VIRTIO_MEM,
     KernelParams,
     MemoryBlock,
     MemoryFigures,
     MemoryState,
+    ORIGIN_BOOT,
 )
 
 MEMORY_DIR = "sys/devices/system/memory"
@@ -77,6 +77,17 @@ def _stop_child(pid: int) -> bool:
                 return False
             time.sleep(0.02)
     return True
+
+
+def _with_origin(block: MemoryBlock, dimm_groups: dict[int, str], virtio_regions) -> MemoryBlock:
+    """Tag a block with the device it was hot-plugged with, if any (boot memory otherwise)."""
+    group = dimm_groups.get(block.index)
+    if group is not None:
+        return block._replace(origin=ORIGIN_DIMM, group=group)
+    for region_start, region_end, device in virtio_regions:
+        if region_start <= block.start <= region_end:
+            return block._replace(origin=ORIGIN_VIRTIO_MEM, group=device)
+    return block
 
 
 def _parse_bool(text: str) -> bool | None:
@@ -192,23 +203,23 @@ class Sysfs:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 self._raise_unsupported()
             raise sysfs_error(exc, self.memory_dir, None, "list") from None
-        indexes = []
-        for name in names:
-            match = _BLOCK_NAME.match(name)
-            if match:
-                indexes.append(int(match.group(1)))
+        indexes = [int(name[6:]) for name in names if name.startswith("memory") and name[6:].isdecimal()]
         indexes.sort()
         return indexes
 
     def read_state(self, index: int) -> str:
         return self.read_text(f"{MEMORY_DIR}/memory{index}/state", block=index)
 
-    def snapshot(self) -> MemoryState:
-        """Read every block and the global attributes into one frozen `MemoryState`."""
+    def snapshot(self, legacy: bool = False) -> MemoryState:
+        """Read every block and the global attributes into one frozen `MemoryState`.
+
+        `legacy` also reads `removable` and `phys_device`: two more files per block that
+        modern kernels fill with constants, so plain scans skip them.
+        """
         block_size = self.block_size()
         indexes = self.block_indexes()
         warnings: list[str] = []
-        nodes_by_block = self._nodes_from_node_dirs()
+        nodes_by_block, only_node = self._node_map()
         dimm_groups = self._acpi_memory_devices()
         virtio_regions = self._virtio_mem_regions(warnings)
         try:
@@ -216,16 +227,14 @@ class Sysfs:
         except OSError as exc:
             raise sysfs_error(exc, self.memory_dir, None, "open") from None
         try:
-            present = self._optional_attributes(dir_fd, indexes, warnings)
-            blocks = [
-                self._scan_block(dir_fd, index, block_size, present, nodes_by_block, dimm_groups, virtio_regions)
-                for index in indexes
-            ]
+            present = self._optional_attributes(dir_fd, indexes, legacy, warnings)
+            blocks = self._scan_blocks(dir_fd, indexes, block_size, present, nodes_by_block, only_node)
         finally:
             os.close(dir_fd)
-        blocks = [block for block in blocks if block is not None]
         if not blocks:
             raise UnsupportedSystemError(f"{self.memory_dir}: no memory blocks found")
+        if dimm_groups or virtio_regions:
+            blocks = [_with_origin(block, dimm_groups, virtio_regions) for block in blocks]
         return MemoryState(
             block_size=block_size,
             blocks=tuple(blocks),
@@ -234,11 +243,11 @@ class Sysfs:
             kexec_crash_loaded=self.kexec_crash_loaded(),
             params=self.kernel_params(),
             zones_supported="valid_zones" in present,
-            nodes_supported=bool(nodes_by_block) or "node" in present,
+            nodes_supported=bool(nodes_by_block) or only_node is not None or "node" in present,
             warnings=tuple(warnings),
         )
 
-    def _optional_attributes(self, dir_fd: int, indexes: list[int], warnings: list[str]) -> set[str]:
+    def _optional_attributes(self, dir_fd: int, indexes: list[int], legacy: bool, warnings: list[str]) -> set[str]:
         """Which optional per-block attributes exist, judged on the first block (as lsmem does)."""
         if not indexes:
             return set()
@@ -246,16 +255,15 @@ class Sysfs:
             names = set(self._listdir_at(dir_fd, f"memory{indexes[0]}"))
         except OSError as exc:
             raise sysfs_error(exc, os.path.join(self.memory_dir, f"memory{indexes[0]}"), indexes[0], "list") from None
-        present = {name for name in ("valid_zones", "removable", "phys_device") if name in names}
-        if any(_NODE_NAME.match(name) for name in names):
-            present.add("node")
-        for name, consequence in (
-            ("valid_zones", "zones unknown (kernel without CONFIG_MEMORY_HOTREMOVE?)"),
-            ("removable", "removable unknown"),
-            ("phys_device", "phys_device unknown"),
-        ):
+        wanted = {"valid_zones": "zones unknown (kernel without CONFIG_MEMORY_HOTREMOVE?)"}
+        if legacy:
+            wanted.update(removable="removable unknown", phys_device="phys_device unknown")
+        present = {name for name in wanted if name in names}
+        for name, consequence in wanted.items():
             if name not in present:
                 warnings.append(f"{self.memory_dir}/memory{indexes[0]}/{name} is missing: {consequence}")
+        if any(_NODE_NAME.match(name) for name in names):
+            present.add("node")
         return present
 
     @staticmethod
@@ -266,44 +274,54 @@ class Sysfs:
         finally:
             os.close(fd)
 
-    def _scan_block(self, dir_fd, index, block_size, present, nodes_by_block, dimm_groups, virtio_regions):
-        name = f"memory{index}"
-        try:
-            state = _read_at(dir_fd, f"{name}/state")
-            zones = tuple(_read_at(dir_fd, f"{name}/valid_zones").split()) if "valid_zones" in present else None
-            removable = _parse_bool(_read_at(dir_fd, f"{name}/removable")) if "removable" in present else None
-            phys_device = _parse_int(_read_at(dir_fd, f"{name}/phys_device")) if "phys_device" in present else None
-            if nodes_by_block:
-                node = nodes_by_block.get(index)
-            elif "node" in present:
-                node = self._node_from_links(dir_fd, name)
-            else:
-                node = None
-        except FileNotFoundError:
-            return None  # hot-removed while we scanned: it is simply not present any more
-        except OSError as exc:
-            raise sysfs_error(exc, os.path.join(self.memory_dir, name), index, "read") from None
-        start = index * block_size
-        origin, group = ORIGIN_BOOT, None
-        if index in dimm_groups:
-            origin, group = ORIGIN_DIMM, dimm_groups[index]
-        else:
-            for region_start, region_end, device in virtio_regions:
-                if region_start <= start <= region_end:
-                    origin, group = ORIGIN_VIRTIO_MEM, device
-                    break
-        return MemoryBlock(
-            index=index,
-            start=start,
-            size=block_size,
-            state=state,
-            zones=zones,
-            node=node,
-            phys_device=phys_device,
-            removable=removable,
-            origin=origin,
-            group=group,
-        )
+    def _scan_blocks(self, dir_fd, indexes, block_size, present, nodes_by_block, only_node) -> list[MemoryBlock]:
+        """The hot loop: two raw reads per block, local names, no per-attribute objects.
+
+        Only a handful of distinct `state` and `valid_zones` contents exist, so the raw
+        bytes are decoded and split once each and looked up in a dict after that.
+        """
+        with_zones = "valid_zones" in present
+        with_removable = "removable" in present
+        with_phys_device = "phys_device" in present
+        node_links = not nodes_by_block and only_node is None and "node" in present
+        get_node = nodes_by_block.get
+        decoded: dict[bytes, str] = {}
+        split: dict[bytes, tuple[str, ...]] = {}
+        open_at, read, close, read_only = os.open, os.read, os.close, os.O_RDONLY
+        make_block = MemoryBlock._make
+        blocks = []
+        append = blocks.append
+        for index in indexes:
+            name = f"memory{index}/"
+            try:
+                fd = open_at(name + "state", read_only, dir_fd=dir_fd)
+                try:
+                    raw_state = read(fd, _READ_SIZE)
+                finally:
+                    close(fd)
+                state = decoded.get(raw_state)
+                if state is None:
+                    state = decoded[raw_state] = raw_state.decode("ascii", "replace").strip()
+                zones = None
+                if with_zones:
+                    fd = open_at(name + "valid_zones", read_only, dir_fd=dir_fd)
+                    try:
+                        raw_zones = read(fd, _READ_SIZE)
+                    finally:
+                        close(fd)
+                    zones = split.get(raw_zones)
+                    if zones is None:
+                        zones = split[raw_zones] = tuple(raw_zones.decode("ascii", "replace").split())
+                node = self._node_from_links(dir_fd, name) if node_links else get_node(index, only_node)
+                phys_device = _parse_int(_read_at(dir_fd, name + "phys_device")) if with_phys_device else None
+                removable = _parse_bool(_read_at(dir_fd, name + "removable")) if with_removable else None
+            except FileNotFoundError:
+                continue  # hot-removed while we scanned: it is simply not present any more
+            except OSError as exc:
+                raise sysfs_error(exc, os.path.join(self.memory_dir, name), index, "read") from None
+            append(make_block((index, index * block_size, block_size, state, zones, node, phys_device, removable,
+                               ORIGIN_BOOT, None)))
+        return blocks
 
     def _node_from_links(self, dir_fd: int, name: str) -> int | None:
         for entry in self._listdir_at(dir_fd, name):
@@ -312,28 +330,29 @@ class Sysfs:
                 return int(match.group(1))
         return None
 
-    def _nodes_from_node_dirs(self) -> dict[int, int]:
-        """Block -> node from /sys/devices/system/node/nodeX/memoryN: one listdir per node."""
+    def _node_map(self) -> tuple[dict[int, int], int | None]:
+        """Block -> node from /sys/devices/system/node/nodeX/memoryN, and the only node if one.
+
+        One listdir per node instead of one per block; with a single node directory
+        every block is on that node and nothing needs listing at all.
+        """
         node_root = self.path(NODE_DIR)
         try:
-            node_names = os.listdir(node_root)
+            node_ids = [int(name[4:]) for name in os.listdir(node_root) if name.startswith("node") and name[4:].isdecimal()]
         except OSError:
-            return {}
+            return {}, None
+        if len(node_ids) == 1:
+            return {}, node_ids[0]
         nodes: dict[int, int] = {}
-        for node_name in node_names:
-            match = _NODE_NAME.match(node_name)
-            if not match:
-                continue
+        for node in node_ids:
             try:
-                entries = os.listdir(os.path.join(node_root, node_name))
+                entries = os.listdir(os.path.join(node_root, f"node{node}"))
             except OSError:
                 continue
-            node = int(match.group(1))
             for entry in entries:
-                block = _BLOCK_NAME.match(entry)
-                if block:
-                    nodes[int(block.group(1))] = node
-        return nodes
+                if entry.startswith("memory") and entry[6:].isdecimal():
+                    nodes[int(entry[6:])] = node
+        return nodes, None
 
     def _acpi_memory_devices(self) -> dict[int, str]:
         """Block -> ACPI memory device (one DIMM), from the devices' physical_node links."""
