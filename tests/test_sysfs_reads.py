@@ -163,3 +163,37 @@ def test_write_never_creates_files(tmp_path):
         Sysfs(root).write_block_state(7, "offline")
     assert getattr(caught.value, "errno", None) == 2 and caught.value.block == 7
     assert not (root / "sys/devices/system/memory/memory7").exists()
+
+
+def boot_params_with(entries: list[tuple[int, int, int]]) -> bytes:
+    """A 4 KiB struct boot_params whose E820 table holds (addr, size, type) entries."""
+    from vmem_agent.e820 import E820_ENTRIES_OFFSET, E820_ENTRY, E820_TABLE_OFFSET
+
+    data = bytearray(4096)
+    data[E820_ENTRIES_OFFSET] = len(entries)
+    for number, entry in enumerate(entries):
+        E820_ENTRY.pack_into(data, E820_TABLE_OFFSET + number * E820_ENTRY.size, *entry)
+    return bytes(data)
+
+
+def test_e820_ram_ranges_are_parsed():
+    from vmem_agent.e820 import boot_ram_ranges
+
+    data = boot_params_with([(0x100000, 0x7FF00000, 1), (0, 0x9FC00, 1), (0xFEFFC000, 0x4000, 2)])
+    assert boot_ram_ranges(data) == [(0, 0x9FBFF), (0x100000, 0x7FFFFFFF)]
+    assert boot_ram_ranges(b"short") == []
+
+
+def test_boot_e820_decides_boot_memory_over_other_signals(tmp_path):
+    blocks = {i: full("online", "Normal") for i in range(4)}
+    # Blocks 0-1 are boot RAM; block 2 is claimed by a DIMM but also in E820 (boot wins);
+    # block 3 is in neither: hot-plugged by something we do not know.
+    root = make_tree(tmp_path, blocks)
+    kernel = root / "sys/kernel/boot_params"
+    kernel.mkdir(parents=True)
+    (kernel / "data").write_bytes(boot_params_with([(0, 3 * BLOCK, 1)]))
+    acpi = root / "sys/bus/acpi/devices/PNP0C80:00"
+    acpi.mkdir(parents=True)
+    (acpi / "physical_node").symlink_to("../../../../devices/system/memory/memory2")
+    origins = [(b.origin, b.group) for b in Sysfs(root).snapshot().blocks]
+    assert origins == [("boot", None), ("boot", None), ("boot", None), ("hotplug", None)]

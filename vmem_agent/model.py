@@ -21,6 +21,7 @@ ZONE_NORMAL = "Normal"
 ORIGIN_BOOT = "boot"  # present at boot, not part of any hot-pluggable device
 ORIGIN_DIMM = "dimm"  # an ACPI memory device (PNP0C80): one pc-dimm, all or nothing
 ORIGIN_VIRTIO_MEM = "virtio-mem"  # driver-managed memory of a virtio-mem device
+ORIGIN_HOTPLUG = "hotplug"  # not in the boot memory map, but no known device claims it
 
 
 class MemoryBlock(NamedTuple):

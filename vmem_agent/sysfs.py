@@ -17,11 +17,13 @@ import signal
 import time
 
 from .errors import OfflineTimeoutError, SysfsError, UnsupportedSystemError, sysfs_error
+from .e820 import boot_ram_ranges, overlaps
 from .iomem import parse_iomem, virtio_mem_regions
 from .model import (
     OFFLINE,
     ONLINE,
     ORIGIN_DIMM,
+    ORIGIN_HOTPLUG,
     ORIGIN_VIRTIO_MEM,
     KernelParams,
     MemoryBlock,
@@ -36,6 +38,7 @@ PARAMS_DIR = "sys/module/memory_hotplug/parameters"
 KEXEC_CRASH_LOADED = "sys/kernel/kexec_crash_loaded"
 PROC_DIR = "proc"
 PROC_IOMEM = "proc/iomem"
+BOOT_PARAMS = "sys/kernel/boot_params/data"
 
 BLOCK_STATES_WRITABLE = ("online", "online_kernel", "online_movable", "offline")
 ONLINE_POLICIES = ("contig-zones", "auto-movable")
@@ -79,15 +82,22 @@ def _stop_child(pid: int) -> bool:
     return True
 
 
-def _with_origin(block: MemoryBlock, dimm_groups: dict[int, str], virtio_regions) -> MemoryBlock:
-    """Tag a block with the device it was hot-plugged with, if any (boot memory otherwise)."""
+def _with_origin(block: MemoryBlock, boot_ram, dimm_groups: dict[int, str], virtio_regions) -> MemoryBlock:
+    """Tag a block with where its memory came from.
+
+    Boot RAM (the boot E820 table) wins over every other signal: when signals disagree,
+    calling a block boot memory only means it is never offlined. Without an E820 table
+    (other architectures, recorded trees), a block no device claims is taken as boot.
+    """
+    if boot_ram and overlaps(boot_ram, block.start, block.start + block.size - 1):
+        return block
     group = dimm_groups.get(block.index)
     if group is not None:
         return block._replace(origin=ORIGIN_DIMM, group=group)
     for region_start, region_end, device in virtio_regions:
         if region_start <= block.start <= region_end:
             return block._replace(origin=ORIGIN_VIRTIO_MEM, group=device)
-    return block
+    return block._replace(origin=ORIGIN_HOTPLUG) if boot_ram else block
 
 
 def _parse_bool(text: str) -> bool | None:
@@ -233,8 +243,9 @@ class Sysfs:
             os.close(dir_fd)
         if not blocks:
             raise UnsupportedSystemError(f"{self.memory_dir}: no memory blocks found")
-        if dimm_groups or virtio_regions:
-            blocks = [_with_origin(block, dimm_groups, virtio_regions) for block in blocks]
+        boot_ram = self._boot_ram_ranges()
+        if dimm_groups or virtio_regions or boot_ram:
+            blocks = [_with_origin(block, boot_ram, dimm_groups, virtio_regions) for block in blocks]
         return MemoryState(
             block_size=block_size,
             blocks=tuple(blocks),
@@ -377,6 +388,15 @@ class Sysfs:
                 if match:
                     groups[int(match.group(1))] = f"acpi:{device}"
         return groups
+
+    def _boot_ram_ranges(self) -> list[tuple[int, int]]:
+        """RAM of the boot E820 table (x86; empty elsewhere or when unreadable)."""
+        path = self.path(BOOT_PARAMS)
+        try:
+            with open(path, "rb") as handle:
+                return boot_ram_ranges(handle.read())
+        except OSError:
+            return []
 
     def _virtio_mem_regions(self, warnings: list[str]) -> list[tuple[int, int, str]]:
         text = self.read_optional(PROC_IOMEM)
