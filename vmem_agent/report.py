@@ -88,26 +88,23 @@ def _blocks_json(blocks, legacy: bool) -> str:
     """The `blocks` array as JSON text, one template fill per block.
 
     A status of 65,536 blocks would spend more time building and encoding one dict per
-    block than scanning sysfs. The fields take only a handful of distinct values besides
-    the integers, so each distinct value is encoded once by the json module and reused;
-    the output is the same JSON that json.dumps would give for the dicts.
+    block than scanning sysfs. Besides the integers, a block's fields take only a few
+    distinct combinations, so each combination is encoded once by the json module and
+    reused; the text is what json.dumps would give for the equivalent dicts.
     """
-    encoded: dict = {}
-
-    def enc(value) -> str:
-        text = encoded.get(value)
-        if text is None:
-            text = encoded[value] = json.dumps(value, separators=(",", ":"))
-        return text
-
-    template = '{"index":%d,"start":%d,"end":%d,"state":%s,"zones":%s,"node":%s,"origin":%s,"group":%s'
+    tails: dict[tuple, str] = {}
     parts = []
+    append = parts.append
     for block in blocks:
-        entry = template % (block.index, block.start, block.start + block.size - 1, enc(block.state),
-                            enc(block.zones), enc(block.node), enc(block.origin), enc(block.group))
-        if legacy:
-            entry += f',"removable":{enc(block.removable)},"phys_device":{enc(block.phys_device)}'
-        parts.append(entry + "}")
+        key = (block.state, block.zones, block.node, block.origin, block.group, block.removable, block.phys_device)
+        tail = tails.get(key)
+        if tail is None:
+            fields = {"state": block.state, "zones": block.zones, "node": block.node, "origin": block.origin,
+                      "group": block.group}
+            if legacy:
+                fields.update(removable=block.removable, phys_device=block.phys_device)
+            tail = tails[key] = json.dumps(fields, separators=(",", ":"))[1:]
+        append('{"index":%d,"start":%d,"end":%d,%s' % (block.index, block.start, block.start + block.size - 1, tail))
     return "[" + ",".join(parts) + "]"
 
 

@@ -39,11 +39,12 @@ KEXEC_CRASH_LOADED = "sys/kernel/kexec_crash_loaded"
 PROC_DIR = "proc"
 PROC_IOMEM = "proc/iomem"
 BOOT_PARAMS = "sys/kernel/boot_params/data"
+ACPI_DEVICES_DIR = "sys/bus/acpi/devices"
+ACPI_MEMORY_DEVICE_PREFIX = "PNP0C80:"  # the ACPI memory device: one DIMM
 
 BLOCK_STATES_WRITABLE = ("online", "online_kernel", "online_movable", "offline")
 ONLINE_POLICIES = ("contig-zones", "auto-movable")
 
-_BLOCK_NAME = re.compile(r"memory(\d+)\Z")
 _NODE_NAME = re.compile(r"node(\d+)\Z")
 _READ_SIZE = 4096
 
@@ -367,26 +368,31 @@ class Sysfs:
 
     def _acpi_memory_devices(self) -> dict[int, str]:
         """Block -> ACPI memory device (one DIMM), from the devices' physical_node links."""
-        acpi_root = self.path("sys/bus/acpi/devices")
+        acpi_root = self.path(ACPI_DEVICES_DIR)
         try:
-            devices = [name for name in os.listdir(acpi_root) if name.startswith("PNP0C80:")]
+            devices = [name for name in os.listdir(acpi_root) if name.startswith(ACPI_MEMORY_DEVICE_PREFIX)]
         except OSError:
             return {}
         groups: dict[int, str] = {}
         for device in devices:
-            device_dir = os.path.join(acpi_root, device)
             try:
-                links = [name for name in os.listdir(device_dir) if name.startswith("physical_node")]
+                device_fd = os.open(os.path.join(acpi_root, device), os.O_RDONLY | os.O_DIRECTORY)
             except OSError:
                 continue
-            for link in links:
-                try:
-                    target = os.readlink(os.path.join(device_dir, link))
-                except OSError:
-                    continue
-                match = _BLOCK_NAME.match(os.path.basename(target))
-                if match:
-                    groups[int(match.group(1))] = f"acpi:{device}"
+            try:
+                group = f"acpi:{device}"
+                for link in os.listdir(device_fd):
+                    if not link.startswith("physical_node"):
+                        continue
+                    try:
+                        target = os.readlink(link, dir_fd=device_fd)
+                    except OSError:
+                        continue
+                    name = target[target.rfind("/") + 1 :]
+                    if name.startswith("memory") and name[6:].isdecimal():
+                        groups[int(name[6:])] = group
+            finally:
+                os.close(device_fd)
         return groups
 
     def _boot_ram_ranges(self) -> list[tuple[int, int]]:
