@@ -2,7 +2,8 @@
 
 `fake_kernel` mounts the spec of the test's `@pytest.mark.fake_kernel(spec)` marker, or
 TreeSpec.vm() without one; `make_fake_kernel(spec)` mounts more. All are closed (unmounted)
-after the test. Where FUSE cannot work, tests using them are skipped.
+after the test. Where FUSE cannot work, tests using them are skipped, or fail when
+VMEM_AGENT_REQUIRE_FAKE_KERNEL=1 (CI sets it).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def make_fake_kernel():
     def make(spec: TreeSpec | None = None) -> FakeKernel:
         reason = fuse_unavailable_reason()
         if reason:
+            if os.environ.get('VMEM_AGENT_REQUIRE_FAKE_KERNEL') == '1':
+                pytest.fail(f'FUSE is unavailable ({reason}) and VMEM_AGENT_REQUIRE_FAKE_KERNEL=1')
             pytest.skip(f'FUSE is unavailable: {reason}')
         kernels.append(FakeKernel(spec))
         return kernels[-1]
