@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 from pathlib import Path
@@ -42,10 +43,16 @@ def _write_dir(directory: Dir, path: str, root_fd: int, first_copies: dict) -> N
             _write_dir(node, f'{child}/', root_fd, first_copies)
         elif isinstance(node, File):
             content = node.read().encode()
-            first_copy = first_copies.setdefault((name, node.mode, content), child)
+            key = (name, node.mode, content)
+            first_copy = first_copies.setdefault(key, child)
             if first_copy != child:
-                os.link(first_copy, child, src_dir_fd=root_fd, dst_dir_fd=root_fd)
-                continue
+                try:
+                    os.link(first_copy, child, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+                    continue
+                except OSError as exc:
+                    if exc.errno != errno.EMLINK:  # ext4 allows 65,000 links: start a new inode
+                        raise
+                    first_copies[key] = child
             fd = os.open(child, os.O_WRONLY | os.O_CREAT | os.O_EXCL, node.mode, dir_fd=root_fd)
             try:
                 os.write(fd, content)
