@@ -25,9 +25,20 @@ t() { cut -d' ' -f1 /proc/uptime; }
 
 log "started at $(t)s"
 
-# Writable scratch space over the read-only host root.
+# Writable scratch space over the read-only host root. First keep the host's view
+# of the two temp dirs, so that a checkout (and its venv) living there, as a CI clone
+# may, stays visible at its own path (VMX_KEEP: host paths the host needs here).
+mkdir -p /run/host/tmp /run/host/var/tmp
+mount --bind /tmp /run/host/tmp
+mount --bind /var/tmp /run/host/var/tmp
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
+for keep in $VMX_KEEP; do
+    case "$keep" in
+    /tmp/*|/var/tmp/*)
+        mkdir -p "$keep" && mount --bind "/run/host$keep" "$keep" ;;
+    esac
+done
 mount -t tmpfs -o mode=755 tmpfs /var/log
 mount -t tmpfs -o mode=755 tmpfs /var/cache
 mkdir -p /dev/pts /dev/shm

@@ -425,7 +425,8 @@ class GuestVM:
         (self.host_xchg / "boot.env").write_text(
             f"VMX_LOOP={GUEST_XCHG}/guest_loop.sh\n"
             f"VMX_UDEV={int(c.udev)}\n"
-            f"VMX_CONSOLE_SHELL={int(c.console_shell)}\n")
+            f"VMX_CONSOLE_SHELL={int(c.console_shell)}\n"
+            f"VMX_KEEP={shlex.quote(' '.join(str(p) for p in (REPO_ROOT, VENV_BIN.parent)))}\n")
         self.console_log.touch()
         argv = self.qemu_command(pre, initrd)
         (self.tmpdir / "qemu.argv").write_text(shlex.join(argv) + "\n")
