@@ -96,8 +96,8 @@ def test_grow_skips_excluded_and_going_offline_blocks():
     state = make_state(boot(0, 4), run(4, 1, GOING_OFFLINE, (ZONE_MOVABLE,), origin=ORIGIN_DIMM), run(5, 4, origin=ORIGIN_VIRTIO_MEM))
     plan = plan_target(state, 6 * BS, exclude=frozenset({5}))
     assert indexes(plan) == [6, 7]
-    assert "blocks 4: going offline" in plan.notes
-    assert "blocks 5: excluded after a failed write" in plan.notes
+    assert "block 4: going offline" in plan.notes
+    assert "block 5: excluded after a failed write" in plan.notes
 
 
 def test_no_op_when_already_at_target():
@@ -228,7 +228,7 @@ def test_auto_skips_a_movable_only_block_that_would_exceed_the_ratio():
     state = make_state(boot(0, 1), run(1, 2, zones=(ZONE_MOVABLE,), origin=ORIGIN_VIRTIO_MEM), run(3, 1, origin=ORIGIN_VIRTIO_MEM))
     plan = plan_target(state, 3 * BS, PolicyConfig(movable_ratio=100))
     assert zones_of(plan) == [(1, ZONE_MOVABLE), (3, ZONE_NORMAL)]
-    assert "blocks 2: valid_zones allows only Movable, which would exceed 100% of 128M boot kernel memory (zone mode movable forces it)" in plan.notes
+    assert "block 2: valid_zones allows only Movable, which would exceed 100% of 128M boot kernel memory (zone mode movable forces it)" in plan.notes
 
 
 def test_unknown_valid_zones_write_plain_online():
@@ -336,7 +336,7 @@ def test_online_named_blocks_follows_the_zone_rules():
     state = make_state(boot(0, 2), run(2, 1, ONLINE, origin=ORIGIN_VIRTIO_MEM), run(3, 4, origin=ORIGIN_VIRTIO_MEM))
     plan = plan_online(state, [6, 2, 4, 4], PolicyConfig(movable_ratio=50))
     assert zones_of(plan) == [(4, ZONE_MOVABLE), (6, ZONE_NORMAL)]
-    assert "blocks 2: already online" in plan.notes
+    assert "block 2: already online" in plan.notes
     assert plan.target_bytes == plan.planned_bytes == 5 * BS
 
 
@@ -363,9 +363,9 @@ def test_offline_named_blocks_highest_first_and_boot_only_with_force():
     state = shrink_state()
     plan = plan_offline(state, [0, 5, 7, 9, 12], figures=PLENTY)
     assert indexes(plan) == [7, 5]
-    assert "blocks 0: boot memory: offlined only with force" in plan.notes
-    assert "blocks 9: valid_zones 'none': the kernel cannot offline it" in plan.notes
-    assert "blocks 12: already offline" in plan.notes
+    assert "block 0: boot memory: offlined only with --force" in plan.notes
+    assert "block 9: valid_zones 'none': the kernel cannot offline it" in plan.notes
+    assert "block 12: already offline" in plan.notes
     assert plan.target_bytes == plan.current_bytes - 4 * BS and plan.shortfall_bytes == 2 * BS
     forced = plan_offline(state, [0, 5, 9], force=True)  # no figures needed when forced
     assert indexes(forced) == [5, 0]

@@ -159,12 +159,15 @@ class BlockWriter:
         try:
             outcome = retrying(attempt)
         except OfflineTimeoutError as timeout:
+            message = f"not done within {timeout.timeout:g}s, interrupted"
+            if timeout.writer_stuck_pid is not None:
+                message += f" (writer pid {timeout.writer_stuck_pid} is still stuck in the kernel)"
             return BlockResult(**base, outcome=TIMED_OUT, attempts=attempts, seconds=time.monotonic() - began,
-                               errno=timeout.errno, message=str(timeout))
+                               errno=timeout.errno, message=message)
         except SysfsError as exc:
-            message = str(exc)
+            message = f"{os.strerror(exc.errno)} ({exc.errno_name})"
             if isinstance(exc, BlockBusyError):
-                message += f" (gave up after {attempts} attempts)"
+                message += f", gave up after {attempts} attempts"
             return BlockResult(**base, outcome=FAILED, attempts=attempts, seconds=time.monotonic() - began,
                                errno=exc.errno, message=message)
         zone = None

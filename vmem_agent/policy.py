@@ -172,7 +172,7 @@ def plan_online(
     notes: list[str] = []
     already = [block.index for block in named if block.state == ONLINE]
     if already:
-        notes.append(f"blocks {format_block_list(already)}: already online")
+        notes.append(f"{_blocks_label(already)}: already online")
     candidates = [block for block in named if block.state != ONLINE]
     return _grow_plan(state, candidates, len(candidates), current_blocks, config, exclude, notes)
 
@@ -209,7 +209,7 @@ def plan_offline(
         else:
             skipped.setdefault(refusal, []).append(block.index)
     target_blocks = current_blocks - sum(1 for block in named if block.state == ONLINE)
-    notes = [f"blocks {format_block_list(indexes)}: {why}" for why, indexes in skipped.items()]
+    notes = [f"{_blocks_label(indexes)}: {why}" for why, indexes in skipped.items()]
     limit = _limit_offline(len(candidates), state, current_blocks, config, figures, force, notes)
     actions = [_offline_action(block) for block in candidates[:limit]]
     return _plan(state, current_blocks, target_blocks, actions, notes)
@@ -474,7 +474,7 @@ class _ZoneChooser:
 
     def notes(self, planned_any: bool) -> list[str]:
         """Blocks skipped and why; how the zones will really be chosen; an exceeded ratio in mode movable."""
-        notes = [f"blocks {format_block_list(indexes)}: {why}" for why, indexes in self.skipped.items()]
+        notes = [f"{_blocks_label(indexes)}: {why}" for why, indexes in self.skipped.items()]
         if self.defer_to_kernel and planned_any:
             notes.append(
                 "kernel online_policy is auto-movable: writing plain 'online' and letting the kernel pick "
@@ -492,6 +492,11 @@ class _ZoneChooser:
 
 
 _UNKNOWN_ZONES_REASON = "zones unknown (no valid_zones): plain online, the kernel picks the zone"
+
+
+def _blocks_label(indexes: list[int]) -> str:
+    """`block 3` or `blocks 3-5,9`: how notes name the blocks they are about."""
+    return f"block{'s' if len(indexes) > 1 else ''} {format_block_list(indexes)}"
 
 
 def _no_zone_reason(zones: tuple[str, ...]) -> str:
@@ -533,9 +538,10 @@ def _shrink_plan(
     actions = [_offline_action(block) for block in movable[:limit]]
     actions.extend(_offline_action(block) for block in kernel_zone[: limit - len(actions)])
     if len(actions) < limit:
+        candidates = f"only {format_size(len(actions) * state.block_size)}" if actions else "nothing more"
         notes.append(
-            f"only {len(actions)} blocks ({format_size(len(actions) * state.block_size)}) can be offlined: "
-            "boot memory, blocks with valid_zones 'none' and excluded blocks are never offlined"
+            f"{candidates} can be offlined: boot memory, blocks with valid_zones 'none' and blocks "
+            "that already failed are never used"
         )
     return _plan(state, current_blocks, current_blocks - need, actions, notes)
 
@@ -585,7 +591,7 @@ def _offline_refusal(block: MemoryBlock, exclude: frozenset[int], force: bool) -
     if block.zones is not None and block.zones[0] == ZONE_NONE:
         return "valid_zones 'none': the kernel cannot offline it"
     if block.origin == ORIGIN_BOOT and not force:
-        return "boot memory: offlined only with force"
+        return "boot memory: offlined only with --force"
     return None
 
 
