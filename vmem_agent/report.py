@@ -234,7 +234,8 @@ def render_run(result) -> str:
         summary += f" (target {format_size(result.target_bytes)})"
         if not result.reached and not result.dry_run:
             gap = abs(result.target_bytes - result.final_online_bytes)
-            summary += f", {format_size(gap)} {'short' if result.final_online_bytes < result.target_bytes else 'over'}"
+            side = "short of" if result.final_online_bytes < result.target_bytes else "above"
+            summary += f", {format_size(gap)} {side} the target"
     lines.append(f"{summary}: {verdict}")
     lines.extend(f"note: {note}" for note in result.notes)
     if result.kdump is not None:
