@@ -100,16 +100,15 @@ class RunResult:
         return EXIT_PARTIAL if self.changed else EXIT_FAILURE
 
     def to_json(self) -> dict:
+        gap = self.target_bytes - self.final_online_bytes if self.target_bytes is not None else 0
         return {
             "target_bytes": self.target_bytes,
             "initial_online_bytes": self.initial_online_bytes,
             "final_online_bytes": self.final_online_bytes,
             "reached": self.reached,
             "dry_run": self.dry_run,
-            "shortfall_bytes": max(0, (self.target_bytes or 0) - self.final_online_bytes)
-            if self.target_bytes is not None and self.final_online_bytes < self.target_bytes
-            else 0,
-            "excess_bytes": max(0, self.final_online_bytes - self.target_bytes) if self.target_bytes is not None else 0,
+            "shortfall_bytes": max(0, gap),
+            "excess_bytes": max(0, -gap),
             "blocks": [result.to_json() for result in self.blocks],
             "notes": list(self.notes),
             "kdump": self.kdump.to_json() if self.kdump else None,

@@ -58,13 +58,17 @@ CHANGED = "changed"
 ALREADY = "already"
 
 
-def _read_at(dir_fd: int, name: str) -> str:
+def _read_raw_at(dir_fd: int, name: str) -> bytes:
     """Read a small attribute relative to an open directory (raises OSError)."""
     fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
     try:
-        return os.read(fd, _READ_SIZE).decode("ascii", "replace").strip()
+        return os.read(fd, _READ_SIZE)
     finally:
         os.close(fd)
+
+
+def _read_at(dir_fd: int, name: str) -> str:
+    return _read_raw_at(dir_fd, name).decode("ascii", "replace").strip()
 
 
 def _stop_child(pid: int) -> bool:
@@ -299,28 +303,20 @@ class Sysfs:
         get_node = nodes_by_block.get
         decoded: dict[bytes, str] = {}
         split: dict[bytes, tuple[str, ...]] = {}
-        open_at, read, close, read_only = os.open, os.read, os.close, os.O_RDONLY
+        read_raw = _read_raw_at
         make_block = MemoryBlock._make
         blocks = []
         append = blocks.append
         for index in indexes:
             name = f"memory{index}/"
             try:
-                fd = open_at(name + "state", read_only, dir_fd=dir_fd)
-                try:
-                    raw_state = read(fd, _READ_SIZE)
-                finally:
-                    close(fd)
+                raw_state = read_raw(dir_fd, name + "state")
                 state = decoded.get(raw_state)
                 if state is None:
                     state = decoded[raw_state] = raw_state.decode("ascii", "replace").strip()
                 zones = None
                 if with_zones:
-                    fd = open_at(name + "valid_zones", read_only, dir_fd=dir_fd)
-                    try:
-                        raw_zones = read(fd, _READ_SIZE)
-                    finally:
-                        close(fd)
+                    raw_zones = read_raw(dir_fd, name + "valid_zones")
                     zones = split.get(raw_zones)
                     if zones is None:
                         zones = split[raw_zones] = tuple(raw_zones.decode("ascii", "replace").split())
