@@ -20,13 +20,25 @@ Exit codes:
   {EXIT_UNSUPPORTED}   no memory-block sysfs under the root (wrong --sysfs-root, or no hotplug)
   {EXIT_BUSY}   another vmem-agent writer holds the lock (see --wait)
   {EXIT_PARTIAL}  partial: some blocks changed, the target was not fully reached
+  130 143  interrupted by SIGINT / SIGTERM (a running offline writer is stopped first)
 """
+
+
+class Terminated(BaseException):
+    """SIGTERM (systemd stop): unwinds like Ctrl-C so that writers and locks are cleaned up."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 class AgentGroup(click.Group):
     """Turns our errors into one line and an exit code, for every subcommand."""
 
     def invoke(self, ctx: click.Context):
+        import signal
+
+        signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return super().invoke(ctx)
         except VmemError as exc:
@@ -34,7 +46,10 @@ class AgentGroup(click.Group):
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("vmem-agent: interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(128 + signal.SIGINT)
+        except Terminated:
+            click.echo("vmem-agent: terminated", err=True)
+            ctx.exit(128 + signal.SIGTERM)
 
 
 @click.group(cls=AgentGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -192,7 +207,8 @@ def _finish(ctx: click.Context, result, as_json: bool) -> None:
     ctx.exit(result.exit_code)
 
 
-@main.command()
+# ignore_unknown_options: `-512M` is a relative size, not an unknown option.
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("size")
 @policy_options
 @write_options
@@ -212,7 +228,7 @@ def resize(ctx: click.Context, size: str, dry_run: bool, **kw) -> None:
     _finish(ctx, result, kw["as_json"])
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("size")
 @policy_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")

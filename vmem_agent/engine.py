@@ -91,11 +91,16 @@ def change_blocks(sysfs, operation: str, spec: str, options: RunOptions, force: 
         if request == 0:
             raise UsageError(f"{spec!r}: nothing to {operation}")
 
+        # The amount is fixed against the start: later rounds plan only what is missing.
+        goal = state.online_bytes + request if operation == "online" else state.online_bytes - request
+
     def make_plan(current: MemoryState, excluded: frozenset[int]):
-        figures = sysfs.memory_figures()
+        amount = request
+        if indexes is None:
+            amount = max(0, goal - current.online_bytes if operation == "online" else current.online_bytes - goal)
         if operation == "online":
-            return policy.plan_online(current, request, options.policy, excluded)
-        return policy.plan_offline(current, request, options.policy, figures, excluded, force=force)
+            return policy.plan_online(current, amount, options.policy, excluded)
+        return policy.plan_offline(current, amount, options.policy, sysfs.memory_figures(), excluded, force=force)
 
     return _run(sysfs, state, make_plan, result, options, one_round=indexes is not None)
 
@@ -138,7 +143,8 @@ def _run(sysfs, state: MemoryState, make_plan, result: RunResult, options: RunOp
         result.reached = _reached(result, final)
         if result.changed:
             result.kdump = reload_after_change(sysfs, options.kdump)
-            log.info("kdump: %s (%s)", result.kdump.action, result.kdump.reason)
+            level = logging.WARNING if result.kdump.action == "failed" else logging.INFO
+            log.log(level, "kdump reload %s: %s", result.kdump.action, result.kdump.reason)
     return result
 
 

@@ -191,7 +191,8 @@ def render_plan(plan, block_size: int) -> str:
     lines.append(
         f"Online memory: {format_size(plan.current_bytes)} -> {format_size(plan.planned_bytes)}"
         f" (target {format_size(plan.target_bytes)})"
-        + (f", {format_size(plan.shortfall_bytes)} short" if plan.shortfall_bytes else "")
+        + (f", {format_size(plan.shortfall_bytes)} {'short of' if plan.planned_bytes < plan.target_bytes else 'above'}"
+           " the target" if plan.shortfall_bytes else "")
     )
     lines.extend(f"note: {note}" for note in plan.notes)
     return "\n".join(lines)

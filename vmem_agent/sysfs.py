@@ -51,6 +51,7 @@ _READ_SIZE = 4096
 # After SIGTERM, how long an offline writer may take to leave the kernel before
 # SIGKILL, and how long after SIGKILL before it is left behind.
 WRITER_TERM_GRACE_S = 2.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 WRITER_KILL_GRACE_S = 5.0
 
 # Outcomes of a state write.
@@ -69,6 +70,22 @@ def _read_raw_at(dir_fd: int, name: str) -> bytes:
 
 def _read_at(dir_fd: int, name: str) -> str:
     return _read_raw_at(dir_fd, name).decode("ascii", "replace").strip()
+
+
+def _die_with_parent(parent: int) -> None:
+    """In an offline writer: be sent SIGTERM if the agent dies, even by SIGKILL.
+
+    A writer left behind would keep the block going-offline and the kernel's device
+    hotplug lock held, and keep the agent's lock file locked through the inherited fd.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the agent died before prctl took effect
+        os._exit(1)
 
 
 def _stop_child(pid: int) -> bool:
@@ -201,11 +218,13 @@ class Sysfs:
         """MemTotal and MemAvailable of this root's /proc, via psutil (None: unknown)."""
         import psutil
 
-        psutil.PROCFS_PATH = self.proc_dir
+        saved, psutil.PROCFS_PATH = psutil.PROCFS_PATH, self.proc_dir  # a module global: put it back
         try:
             memory = psutil.virtual_memory()
         except (OSError, ValueError, KeyError, RuntimeError):
             return None
+        finally:
+            psutil.PROCFS_PATH = saved
         return MemoryFigures(total_bytes=memory.total, available_bytes=memory.available)
 
     # -- scanning ----------------------------------------------------------------------
@@ -444,12 +463,14 @@ class Sysfs:
         outcome or errno through a pipe and the same typed exception is raised here.
         """
         read_end, write_end = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # child: only the write and a one-line report, no Python cleanup
             try:
                 os.close(read_end)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _die_with_parent(parent)
                 try:
                     report = "ok " + self.write_block_state(index, "offline")
                 except SysfsError as exc:
@@ -465,6 +486,10 @@ class Sysfs:
                 stuck = _stop_child(pid)
                 raise OfflineTimeoutError(state_path, index, timeout, pid if stuck else None)
             report = os.read(read_end, 4096).decode()
+        except BaseException as exc:
+            if not isinstance(exc, OfflineTimeoutError):
+                _stop_child(pid)  # we were interrupted (SIGINT/SIGTERM): take the writer with us
+            raise
         finally:
             os.close(read_end)
         os.waitpid(pid, 0)
