@@ -50,6 +50,14 @@ class AgentGroup(click.Group):
         except Terminated:
             click.echo("vmem-agent: terminated", err=True)
             ctx.exit(128 + signal.SIGTERM)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug of ours: still one line, the traceback only with -vv
+            import logging
+
+            logging.getLogger(__name__).debug("internal error", exc_info=True)
+            click.echo(f"vmem-agent: internal error: {type(exc).__name__}: {exc} (run with -vv for details)", err=True)
+            ctx.exit(EXIT_FAILURE)
 
 
 @click.group(cls=AgentGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
