@@ -680,7 +680,7 @@ def tree_listing(root: Path) -> dict[str, tuple]:
             listing.update({f'{relative}{name}': value
                             for name, value in tree_listing(Path(entry.path)).items()})
         else:
-            listing[relative] = ('file', entry.stat().st_mode & 0o777, Path(entry.path).read_text())
+            listing[relative] = ('file', entry.stat().st_mode & 0o777, Path(entry.path).read_bytes())
     return listing
 
 

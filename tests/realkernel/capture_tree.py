@@ -2,9 +2,13 @@
 
     .venv/bin/python -m tests.realkernel.capture_tree            # default scenario
     .venv/bin/python -m tests.realkernel.capture_tree --out DIR --name qemu-x86_64-dimm
+    .venv/bin/python -m tests.realkernel.capture_tree --name qemu-x86_64-virtio-mem \
+        --dimm '' --virtio-mem 2G:512M --online-movable 2
 
 Boots the host kernel (2G boot memory, memhp_default_state=offline), hot-adds
-a 512M pc-dimm over QMP (4 offline 128M blocks), and copies, laid out as a
+a 512M pc-dimm over QMP (4 offline 128M blocks) - or, with --virtio-mem MAX:PLUGGED,
+starts a virtio-mem device that plugs PLUGGED at boot (and --online-movable N onlines
+the first N offline hot-plugged blocks into Movable) - and copies, laid out as a
 sysroot under tests/data/trees/<name>/:
 
   sys/devices/system/memory/...          files (content) + symlinks (as symlinks);
@@ -13,13 +17,28 @@ sysroot under tests/data/trees/<name>/:
   sys/devices/system/node/nodeN/memoryM  symlinks (+ nodeN/cpulist, has_* masks)
   sys/devices/LNXSYSTM:00/.../PNP0C80:NN ACPI memory devices (hid, uid, status,
                                          physical_node* links) - firmware_node targets
+  sys/bus/acpi/devices/PNP0C80:NN        symlinks to those device dirs (as in sysfs)
   sys/firmware/memmap/N/{start,end,type}
   sys/module/memory_hotplug/parameters/*
+  sys/kernel/boot_params/data            binary, as is (the boot E820 table)
+  sys/kernel/kexec_crash_loaded, kexec_crash_size
+  sys/bus/virtio/devices/virtioN         only with a virtio-mem device: symlinks to the
+                                         device dirs (device, vendor, status, features,
+                                         modalias and the driver symlink), and the
+                                         sys/bus/virtio/drivers/<name> dirs the driver
+                                         links point at (empty: no back-links)
   proc/iomem, proc/meminfo, proc/cmdline
 
 and lsmem's view of the guest into <name>.lsmem.json
 (`lsmem --json -o RANGE,SIZE,STATE,BLOCK,NODE,ZONES`) and <name>.lsmem.txt
 (plain `lsmem`).  Only the guest's sysfs is read; the host's is never touched.
+
+Symlinks keep the kernel's relative targets, and every one of them resolves inside
+the tree.  Links that would only add cycles are not copied (`subsystem`, `driver`
+below memory/, the drivers' back-links to their devices); the cycles real sysfs has
+between memoryN/node0, nodeN/memoryM, memoryN/firmware_node and physical_node* stay
+(lsmem and the agent need them).  Plain `find` and os.walk() without followlinks
+never follow links; `find -L` reports those loops and terminates.
 """
 
 from __future__ import annotations
@@ -31,7 +50,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from .vm import REPO_ROOT, GuestVM, VMConfig
+from .qmp import parse_size
+from .vm import REPO_ROOT, GuestVM, VirtioMem, VMConfig
 
 DEFAULT_OUT = REPO_ROOT / "tests" / "data" / "trees"
 
@@ -101,21 +121,62 @@ GUEST_COPY = textwrap.dedent(r"""
                 put_file(os.path.join(real, name))
         for l in sorted(glob.glob(real + "/physical_node*")):
             put_link(l)
+    # ... and their entries on the ACPI bus, which the agent lists to find the DIMMs
+    for adev in sorted(glob.glob("/sys/bus/acpi/devices/PNP0C80:*")):
+        put_link(adev)
     copy_tree("/sys/firmware/memmap")
     copy_tree("/sys/module/memory_hotplug/parameters")
+    # the boot E820 table (binary) and the crash kernel state
+    for f in ("/sys/kernel/boot_params/data", "/sys/kernel/kexec_crash_loaded",
+              "/sys/kernel/kexec_crash_size"):
+        if os.path.exists(f):
+            put_file(f)
+    # virtio devices, when one of them is virtio-mem (device id 0x0018)
+    vdevs = sorted(glob.glob("/sys/bus/virtio/devices/virtio*"))
+    def vread(d, name):
+        try:
+            with open(os.path.join(d, name)) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+    if any(vread(d, "device") == "0x0018" for d in vdevs):
+        for vdev in vdevs:
+            put_link(vdev)
+            real = os.path.realpath(vdev)
+            for name in ("device", "vendor", "status", "features", "modalias"):
+                if os.path.isfile(os.path.join(real, name)):
+                    put_file(os.path.join(real, name))
+            drv = os.path.join(real, "driver")
+            if os.path.islink(drv):
+                put_link(drv)
+                os.makedirs(dest + os.path.realpath(drv), exist_ok=True)
     for f in ("/proc/iomem", "/proc/meminfo", "/proc/cmdline"):
         put_file(f)
 """)
 
 
 def capture(out_dir: Path = DEFAULT_OUT, name: str = "qemu-x86_64-dimm",
-            config: VMConfig | None = None, dimm: str = "512M") -> Path:
+            config: VMConfig | None = None, dimm: str = "512M",
+            online_movable: int = 0) -> Path:
     config = config or VMConfig(memory="2G")
     target = out_dir / name
     with GuestVM(config, name="capture") as vm:
+        vmem = config.virtio_mem
+        if vmem is not None and parse_size(vmem.requested_size):
+            plugged = parse_size(vmem.requested_size)
+            vm.wait_until(lambda: vm.qmp.virtio_mem_size(vmem.id) == plugged, timeout=60,
+                          what=f"virtio-mem plugged {vmem.requested_size}")
+            vm.wait_for("grep -q 'System RAM (virtio_mem)' /proc/iomem", timeout=30)
         if dimm:
             vm.hotadd_dimm(dimm)
         vm.run("udevadm settle --timeout=30")
+        if online_movable:
+            # the first N offline blocks above boot memory (all hot-plugged), Movable
+            vm.sh(f"cd /sys/devices/system/memory; k=0; "
+                  f"for n in $(ls -d memory[0-9]* | sed 's/memory//' | sort -n); do "
+                  f"[ $k -lt {online_movable} ] || break; read -r s < memory$n/state; "
+                  f"[ $s = offline ] || continue; "
+                  f"echo online_movable > memory$n/state; k=$((k+1)); done")
         script = vm.put("capture.py", GUEST_COPY)
         gdest = f"{vm.guest_xchg}/tree"
         vm.run([vm.python, script, gdest], timeout=120, check=True)
@@ -128,13 +189,23 @@ def capture(out_dir: Path = DEFAULT_OUT, name: str = "qemu-x86_64-dimm",
         shutil.copytree(src, target, symlinks=True)
         (out_dir / f"{name}.lsmem.json").write_text(lsmem_json)
         (out_dir / f"{name}.lsmem.txt").write_text(lsmem_txt)
+        devices = []
+        if config.dimms:
+            devices.append(f"cold-plugged pc-dimm(s) {', '.join(map(str, config.dimms))}")
+        if vmem is not None:
+            devices.append(f"virtio-mem-pci {vmem.id} (max {vmem.size}, requested-size "
+                           f"{vmem.requested_size} at boot)")
+        devices.append(f"hot-added pc-dimm {dimm or 'none'} (QMP object-add + device_add)")
+        if online_movable:
+            devices.append(f"then the first {online_movable} offline hot-plugged blocks "
+                           "onlined with online_movable")
         (target / "README").write_text(
             f"Captured by tests/realkernel/capture_tree.py on {time.strftime('%Y-%m-%d')}\n"
             f"guest kernel {vm.kernel_version}, QEMU {config.machine} TCG, "
-            f"-m {config.memory},slots={config.slots},maxmem={config.maxmem}, "
-            f"hot-added pc-dimm {dimm or 'none'} (QMP object-add + device_add),\n"
+            f"-m {config.memory},slots={config.slots},maxmem={config.maxmem},\n"
+            + "".join(f"{d},\n" for d in devices) +
             "kernel cmdline memhp_default_state=offline.  Files are verbatim copies of the "
-            "guest's;\nsymlinks are kept as symlinks (targets outside the tree may dangle).\n")
+            "guest's;\nsymlinks are kept as symlinks with their relative targets.\n")
     return target
 
 
@@ -145,8 +216,17 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="qemu-x86_64-dimm")
     ap.add_argument("--memory", default="2G")
     ap.add_argument("--dimm", default="512M", help="size of the hot-added DIMM ('' for none)")
+    ap.add_argument("--virtio-mem", metavar="MAX:PLUGGED", default=None,
+                    help="add a virtio-mem device of MAX that plugs PLUGGED at boot")
+    ap.add_argument("--online-movable", type=int, default=0, metavar="N",
+                    help="online the first N offline hot-plugged blocks into Movable")
     a = ap.parse_args(argv)
-    t = capture(a.out, a.name, VMConfig(memory=a.memory), a.dimm)
+    vmem = None
+    if a.virtio_mem:
+        size, _, plugged = a.virtio_mem.partition(":")
+        vmem = VirtioMem(size=size, requested_size=plugged or 0)
+    t = capture(a.out, a.name, VMConfig(memory=a.memory, virtio_mem=vmem), a.dimm,
+                a.online_movable)
     print(f"captured into {t}")
     return 0
 

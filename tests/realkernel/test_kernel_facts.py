@@ -82,10 +82,14 @@ def test_online_movable_then_offline_hotadded_block(vm: GuestVM):
     vm.hotadd_dimm("256M")
     n = min(set(blocks(vm)) - before)
     r = write(vm, (n, "online_movable"), (n, "offline"), (n, "online_kernel"), (n, "offline"))
-    assert [x["result"] for x in r] == ["ok"] * 4, r
+    # Movable offlines reliably; the same block onlined into Normal (the guest's only
+    # Normal memory) gets kernel allocations at once, so its offline may be EBUSY.
+    assert [x["result"] for x in r[:3]] == ["ok"] * 3, r
+    assert r[3]["result"] in ("ok", "EBUSY"), r
     assert (r[0]["state"], r[0]["valid_zones"]) == ("online", "Movable")
     assert (r[2]["state"], r[2]["valid_zones"]) == ("online", "Normal")
-    assert r[3]["valid_zones"] == "Normal Movable"
+    if r[3]["result"] == "ok":
+        assert r[3]["valid_zones"] == "Normal Movable"
 
 
 def test_boot_memory_block_can_be_offlined(vm: GuestVM):
