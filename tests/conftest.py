@@ -1,1 +1,1 @@
-pytest_plugins = ['tests.fakesysfs.plugin']
+pytest_plugins = ['tests.fakesysfs.plugin', 'tests.fake_cli']

@@ -1,80 +1,25 @@
 """`vmem-agent online` and `offline` of named blocks or amounts, run as the real installed
 command against the fake kernel (tests/fakesysfs).
 
-The machine: 2 GiB of boot memory (blocks 0-15; block 0 reads `none`, the rest DMA32 and
-refuses to go offline with EBUSY) and two offline 512 MiB DIMMs at 4 GiB: DIMM 0 = blocks
-32-35, DIMM 1 = blocks 36-39.
+The machine: tests/fake_cli.py.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 
 import pytest
 
-from tests.fakesysfs import FakeKernel, GiB, MiB, TreeSpec
-from tests.fakesysfs.plugin import fuse_unavailable_reason
-from tests.helpers import run_agent
-
-BLOCK = 128 * MiB
-VM = TreeSpec.vm(boot_gib=2, dimm_gib=(0.5, 0.5))
-DIMMS = range(32, 40)
-BOOT = range(0, 16)
-BUSY_ATTEMPTS = 3  # executor.BUSY_ATTEMPTS
-
-
-def agent(kernel, *args, expect=None):
-    proc = run_agent(kernel.root, *args, timeout=60)
-    assert 'Traceback' not in proc.stderr and 'Traceback' not in proc.stdout, proc.stderr
-    if expect is not None:
-        assert proc.returncode == expect, (proc.returncode, proc.stdout, proc.stderr)
-    return proc
-
-
-def result_of(kernel, command, *args, expect=None):
-    proc = agent(kernel, command, '--json', *args, expect=expect)
-    result = json.loads(proc.stdout)['result']
-    assert result['exit_code'] == proc.returncode
-    return result
-
-
-def one_line_error(proc, *fragments):
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('vmem-agent: '), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert proc.stdout == ''
-
-
-def state_writes(kernel, since=0):
-    return [(w['block'], w['value'], w['errno']) for w in kernel.writes()[since:] if w['attribute'] == 'state']
-
-
-def online_blocks(kernel, indexes=DIMMS):
-    return [i for i in indexes if kernel.block(i)['state'] == 'online']
-
-
-def steps(result):
-    return [(b['index'], b['operation'], b['outcome']) for b in result['blocks']]
-
-
-@pytest.fixture(scope='module')
-def idle_kernel():
-    """One fake shared by the tests that must not write at all (usage errors)."""
-    reason = fuse_unavailable_reason()
-    if reason:
-        pytest.skip(f'FUSE is unavailable: {reason}')
-    with FakeKernel(VM) as kernel:
-        yield kernel
-
+from tests.fake_cli import (
+    BLOCK, BUSY_ATTEMPTS, VM, agent, one_line_error, online_blocks, result_of, state_writes, steps)
+from tests.fakesysfs import GiB, MiB
 
 # -- online ------------------------------------------------------------------------------------
 
 
 @pytest.mark.fake_kernel(VM)
 def test_online_named_blocks_into_movable(fake_kernel):
-    result = result_of(fake_kernel, 'online', '36-37', '--zone', 'movable', expect=0)
+    result, _ = result_of(fake_kernel, 'online', '36-37', '--zone', 'movable', expect=0)
     assert result['target_bytes'] is None and result['reached'] is True
     assert result['final_online_bytes'] == 2 * GiB + 2 * BLOCK
     assert steps(result) == [(36, 'online_movable', 'done'), (37, 'online_movable', 'done')]
@@ -86,7 +31,7 @@ def test_online_named_blocks_into_movable(fake_kernel):
 
 @pytest.mark.fake_kernel(VM)
 def test_online_list_into_normal(fake_kernel):
-    result = result_of(fake_kernel, 'online', '32,34-35', '--zone', 'normal', expect=0)
+    result, _ = result_of(fake_kernel, 'online', '32,34-35', '--zone', 'normal', expect=0)
     assert steps(result) == [(i, 'online_kernel', 'done') for i in (32, 34, 35)]
     assert [fake_kernel.block(i)['zone'] for i in (32, 34, 35)] == ['Normal'] * 3
     assert online_blocks(fake_kernel) == [32, 34, 35]
@@ -106,7 +51,7 @@ def test_online_human_output(fake_kernel):
 def test_online_an_amount_takes_exactly_that_much_lowest_first(fake_kernel):
     """`online 256M` is two blocks, the lowest offline ones. Fails until the engine stops
     re-planning an amount against each new snapshot (it onlines every offline block now)."""
-    result = result_of(fake_kernel, 'online', '256M', expect=0)
+    result, _ = result_of(fake_kernel, 'online', '256M', expect=0)
     assert steps(result) == [(32, 'online_movable', 'done'), (33, 'online_movable', 'done')]
     assert result['final_online_bytes'] == 2 * GiB + 256 * MiB
     assert online_blocks(fake_kernel) == [32, 33]
@@ -117,7 +62,7 @@ def test_online_an_amount_takes_exactly_that_much_lowest_first(fake_kernel):
 def test_online_an_amount_skips_online_blocks(fake_kernel):
     """Also fails until the amount bug is fixed (see above)."""
     agent(fake_kernel, 'online', '32-33', expect=0)
-    result = result_of(fake_kernel, 'online', '256M', expect=0)
+    result, _ = result_of(fake_kernel, 'online', '256M', expect=0)
     assert [b['index'] for b in result['blocks']] == [34, 35]
     assert online_blocks(fake_kernel) == [32, 33, 34, 35]
 
@@ -126,7 +71,7 @@ def test_online_an_amount_skips_online_blocks(fake_kernel):
 def test_online_an_already_online_block_succeeds_without_a_write(fake_kernel):
     agent(fake_kernel, 'online', '32', expect=0)
     before = len(fake_kernel.writes())
-    result = result_of(fake_kernel, 'online', '32', expect=0)
+    result, _ = result_of(fake_kernel, 'online', '32', expect=0)
     assert result['reached'] is True and result['kdump'] is None
     assert all(b['outcome'] == 'already' for b in result['blocks'])
     assert any('32' in note and 'already online' in note for note in result['notes'])
@@ -139,7 +84,7 @@ def test_online_an_already_online_block_succeeds_without_a_write(fake_kernel):
 def test_online_partly_online_range_writes_only_the_offline_blocks(fake_kernel):
     agent(fake_kernel, 'online', '33', expect=0)
     before = len(fake_kernel.writes())
-    result = result_of(fake_kernel, 'online', '32-34', expect=0)
+    result, _ = result_of(fake_kernel, 'online', '32-34', expect=0)
     assert [b['index'] for b in result['blocks']] == [32, 34]
     assert [w[0] for w in state_writes(fake_kernel, before)] == [32, 34]
 
@@ -161,7 +106,7 @@ def test_online_bad_requests_are_usage_errors(idle_kernel, spec, named):
 
 @pytest.mark.fake_kernel(VM)
 def test_online_dry_run_writes_nothing(fake_kernel):
-    result = result_of(fake_kernel, 'online', '36-39', '--dry-run', expect=0)
+    result, _ = result_of(fake_kernel, 'online', '36-39', '--dry-run', expect=0)
     assert result['dry_run'] is True
     assert steps(result) == [(i, 'online_movable', 'not-attempted') for i in range(36, 40)]
     proc = agent(fake_kernel, 'online', '36-39', '--dry-run', expect=0)
@@ -189,7 +134,7 @@ def grown(fake_kernel):
 @pytest.mark.fake_kernel(VM)
 def test_offline_named_block(grown):
     before = len(grown.writes())
-    result = result_of(grown, 'offline', '36', expect=0)
+    result, _ = result_of(grown, 'offline', '36', expect=0)
     assert steps(result) == [(36, 'offline', 'done')]
     assert result['final_online_bytes'] == 3 * GiB - BLOCK
     assert state_writes(grown, before) == [(36, 'offline', 0)]
@@ -199,7 +144,7 @@ def test_offline_named_block(grown):
 @pytest.mark.fake_kernel(VM)
 def test_offline_named_range_goes_highest_first(grown):
     before = len(grown.writes())
-    result = result_of(grown, 'offline', '33-35', expect=0)
+    result, _ = result_of(grown, 'offline', '33-35', expect=0)
     assert [b['index'] for b in result['blocks']] == [35, 34, 33]
     assert [w[0] for w in state_writes(grown, before)] == [35, 34, 33]
 
@@ -215,7 +160,7 @@ def test_offline_an_amount_takes_exactly_that_much_highest_first(grown):
     """`offline 256M` is two blocks, the highest Movable ones. Fails until the engine stops
     re-planning an amount against each new snapshot (it offlines every DIMM block now)."""
     before = len(grown.writes())
-    result = result_of(grown, 'offline', '256M', expect=0)
+    result, _ = result_of(grown, 'offline', '256M', expect=0)
     assert steps(result) == [(39, 'offline', 'done'), (38, 'offline', 'done')]
     assert result['final_online_bytes'] == 3 * GiB - 256 * MiB
     assert [w[0] for w in state_writes(grown, before)] == [39, 38]
@@ -230,7 +175,7 @@ def test_offline_more_than_online_is_a_usage_error(grown):
 
 @pytest.mark.fake_kernel(VM)
 def test_offline_an_offline_block_succeeds_without_a_write(fake_kernel):
-    result = result_of(fake_kernel, 'offline', '36', expect=0)
+    result, _ = result_of(fake_kernel, 'offline', '36', expect=0)
     assert result['reached'] is True and result['kdump'] is None
     assert any('already offline' in note for note in result['notes'])
     assert fake_kernel.writes() == []
@@ -239,7 +184,7 @@ def test_offline_an_offline_block_succeeds_without_a_write(fake_kernel):
 @pytest.mark.fake_kernel(VM)
 def test_offline_boot_block_refused_without_force(grown):
     before = len(grown.writes())
-    result = result_of(grown, 'offline', '5', expect=1)
+    result, _ = result_of(grown, 'offline', '5', expect=1)
     assert result['blocks'] == [] and result['reached'] is False
     assert any('5' in note and 'boot memory' in note and 'force' in note for note in result['notes'])
     proc = agent(grown, 'offline', '5', expect=1)
@@ -250,7 +195,7 @@ def test_offline_boot_block_refused_without_force(grown):
 @pytest.mark.fake_kernel(VM)
 def test_offline_boot_block_with_force_is_written_and_the_kernel_refuses(grown):
     before = len(grown.writes())
-    result = result_of(grown, 'offline', '5', '--force', expect=1)
+    result, _ = result_of(grown, 'offline', '5', '--force', expect=1)
     assert [(b['index'], b['outcome'], b['errno'], b['attempts']) for b in result['blocks']] == [
         (5, 'failed', 'EBUSY', BUSY_ATTEMPTS)]
     assert state_writes(grown, before) == [(5, 'offline', errno.EBUSY)] * BUSY_ATTEMPTS
@@ -262,7 +207,7 @@ def test_offline_none_block_refused_even_with_force(grown):
     """Block 0 spans DMA and DMA32 (valid_zones `none`): the kernel would answer EINVAL; the
     agent refuses before writing and says why."""
     before = len(grown.writes())
-    result = result_of(grown, 'offline', '0', '--force', expect=1)
+    result, _ = result_of(grown, 'offline', '0', '--force', expect=1)
     assert result['blocks'] == []
     assert any('0' in note and "'none'" in note for note in result['notes'])
     assert grown.writes()[before:] == []
@@ -272,7 +217,7 @@ def test_offline_none_block_refused_even_with_force(grown):
 @pytest.mark.fake_kernel(VM)
 def test_offline_kernel_einval_is_reported_cleanly(grown):
     grown.set_offline_behaviour(36, errno.EINVAL)
-    result = result_of(grown, 'offline', '36', expect=1)
+    result, _ = result_of(grown, 'offline', '36', expect=1)
     assert [(b['index'], b['outcome'], b['errno'], b['attempts']) for b in result['blocks']] == [
         (36, 'failed', 'EINVAL', 1)]  # not retried: only EBUSY/EAGAIN are
     assert 'EINVAL' in result['blocks'][0]['message']
@@ -289,7 +234,7 @@ def test_offline_busy_named_block_is_not_replaced(grown):
     """Named blocks run one round: a busy one fails, no other block is taken instead."""
     grown.set_offline_behaviour(39, 'busy')
     before = len(grown.writes())
-    result = result_of(grown, 'offline', '38-39', expect=64)
+    result, _ = result_of(grown, 'offline', '38-39', expect=64)
     assert [(b['index'], b['outcome']) for b in result['blocks']] == [(39, 'failed'), (38, 'done')]
     assert {w[0] for w in state_writes(grown, before)} == {38, 39}
 
@@ -300,20 +245,20 @@ def test_offline_named_block_ignores_the_reserve_only_with_force(grown):
                  if line.startswith('MemTotal:'))
     grown.set_memory_used(total - 100 * MiB)
     before = len(grown.writes())
-    result = result_of(grown, 'offline', '39', expect=1)
+    result, _ = result_of(grown, 'offline', '39', expect=1)
     assert result['blocks'] == [] and any('reserve' in note for note in result['notes'])
     assert grown.writes()[before:] == []
-    result = result_of(grown, 'offline', '39', '--force', expect=0)
+    result, _ = result_of(grown, 'offline', '39', '--force', expect=0)
     assert steps(result) == [(39, 'offline', 'done')]
 
 
 @pytest.mark.fake_kernel(VM)
 def test_offline_dry_run_writes_nothing(grown):
     before = len(grown.writes())
-    result = result_of(grown, 'offline', '36-39', '--dry-run', expect=0)
+    result, _ = result_of(grown, 'offline', '36-39', '--dry-run', expect=0)
     assert result['dry_run'] is True
     assert steps(result) == [(i, 'offline', 'not-attempted') for i in (39, 38, 37, 36)]
-    result = result_of(grown, 'offline', '5', '--force', '--dry-run', expect=0)
+    result, _ = result_of(grown, 'offline', '5', '--force', '--dry-run', expect=0)
     assert steps(result) == [(5, 'offline', 'not-attempted')]
     agent(grown, 'offline', '256M', '--dry-run', expect=0)
     assert grown.writes()[before:] == []

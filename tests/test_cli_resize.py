@@ -25,68 +25,22 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.fakesysfs import FakeKernel, GiB, MiB, TreeSpec
-from tests.fakesysfs.plugin import fuse_unavailable_reason
-from tests.helpers import agent_command, run_agent
+from tests.fake_cli import (
+    BLOCK, BOOT, BUSY_ATTEMPTS, DIMMS, VM, agent, one_line_error, online_blocks, result_of, state_writes)
+from tests.fakesysfs import GiB, MiB, TreeSpec
+from tests.helpers import agent_command
 from vmem_agent.lock import default_lock_path
 
-BLOCK = 128 * MiB
-VM = TreeSpec.vm(boot_gib=2, dimm_gib=(0.5, 0.5))
 VM_CRASH_HOTPLUG_1 = TreeSpec.vm(boot_gib=2, dimm_gib=(0.5, 0.5), crash_hotplug=1)
 VM_CRASH_HOTPLUG_0 = TreeSpec.vm(boot_gib=2, dimm_gib=(0.5, 0.5), crash_hotplug=0)
 ONE_DIMM = TreeSpec.vm(boot_gib=2, dimm_gib=(0.5,))
 VIRTIO_MEM = TreeSpec.vm(boot_gib=2, virtio_mem_gib=2, virtio_mem_plugged_gib=1)
-BOOT = range(0, 16)
 DIMM0 = range(32, 36)
 DIMM1 = range(36, 40)
-DIMMS = range(32, 40)
 MEMORY = 'sys/devices/system/memory'
-# executor.BUSY_ATTEMPTS, restated: the documented retry count is part of the contract.
-BUSY_ATTEMPTS = 3
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def agent(kernel, *args, expect=None, env=None, timeout=60):
-    """Run the real command on the fake; never a traceback, and the exit code if given."""
-    proc = run_agent(kernel.root, *args, env=env, timeout=timeout)
-    assert 'Traceback' not in proc.stderr, proc.stderr
-    assert 'Traceback' not in proc.stdout, proc.stdout
-    if expect is not None:
-        assert proc.returncode == expect, (proc.returncode, proc.stdout, proc.stderr)
-    return proc
-
-
-def result_of(kernel, *args, expect=None, env=None, timeout=60):
-    """Run with --json and return (the `result` object, the process)."""
-    command, *rest = args  # --json right after the command, so that `-- -128M` can come last
-    proc = agent(kernel, command, '--json', *rest, expect=expect, env=env, timeout=timeout)
-    document = json.loads(proc.stdout)
-    assert set(document) == {'result'}
-    result = document['result']
-    assert result['exit_code'] == proc.returncode
-    return result, proc
-
-
-def one_line_error(proc, *fragments):
-    """Our own errors: exactly one line on stderr, `vmem-agent: ...`, naming what is given."""
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith('vmem-agent: '), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert proc.stdout == ''
-    return lines[0]
-
-
-def state_writes(kernel, since=0):
-    """(block, value, errno) of every write to a `state` file, oldest first."""
-    return [(w['block'], w['value'], w['errno']) for w in kernel.writes()[since:] if w['attribute'] == 'state']
-
-
-def online_blocks(kernel, indexes):
-    return [i for i in indexes if kernel.block(i)['state'] == 'online']
 
 
 def valid_zones(kernel, index):
@@ -118,16 +72,6 @@ def counter_script(tmp_path, fail=False):
 
 def reloads(counter):
     return len(counter.read_text().splitlines()) if counter.exists() else 0
-
-
-@pytest.fixture(scope='module')
-def idle_kernel():
-    """One fake shared by the tests that must not write at all (usage errors)."""
-    reason = fuse_unavailable_reason()
-    if reason:
-        pytest.skip(f'FUSE is unavailable: {reason}')
-    with FakeKernel(VM) as kernel:
-        yield kernel
 
 
 # -- grow ------------------------------------------------------------------------------------

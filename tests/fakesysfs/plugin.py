@@ -30,16 +30,21 @@ def fuse_unavailable_reason() -> str | None:
     return None
 
 
+def require_fuse() -> None:
+    """Skip the test where FUSE cannot work, or fail it when VMEM_AGENT_REQUIRE_FAKE_KERNEL=1."""
+    reason = fuse_unavailable_reason()
+    if reason:
+        if os.environ.get('VMEM_AGENT_REQUIRE_FAKE_KERNEL') == '1':
+            pytest.fail(f'FUSE is unavailable ({reason}) and VMEM_AGENT_REQUIRE_FAKE_KERNEL=1')
+        pytest.skip(f'FUSE is unavailable: {reason}')
+
+
 @pytest.fixture
 def make_fake_kernel():
     kernels: list[FakeKernel] = []
 
     def make(spec: TreeSpec | None = None) -> FakeKernel:
-        reason = fuse_unavailable_reason()
-        if reason:
-            if os.environ.get('VMEM_AGENT_REQUIRE_FAKE_KERNEL') == '1':
-                pytest.fail(f'FUSE is unavailable ({reason}) and VMEM_AGENT_REQUIRE_FAKE_KERNEL=1')
-            pytest.skip(f'FUSE is unavailable: {reason}')
+        require_fuse()
         kernels.append(FakeKernel(spec))
         return kernels[-1]
 
