@@ -197,3 +197,22 @@ def test_boot_e820_decides_boot_memory_over_other_signals(tmp_path):
     (acpi / "physical_node").symlink_to("../../../../devices/system/memory/memory2")
     origins = [(b.origin, b.group) for b in Sysfs(root).snapshot().blocks]
     assert origins == [("boot", None), ("boot", None), ("boot", None), ("hotplug", None)]
+
+
+@pytest.mark.parametrize(
+    "targets,expected",
+    [
+        ([2, 3, 4], {2, 3, 4}),  # one run: only the first and last links need reading
+        ([2, 5], {2, 5}),  # not a run: every link is read
+        ([2, 4, 3], {2, 3, 4}),  # links out of address order still name the right blocks
+    ],
+)
+def test_dimm_membership_from_acpi_links(tmp_path, targets, expected):
+    root = make_tree(tmp_path, {i: full("offline", "Normal Movable") for i in range(8)})
+    acpi = root / "sys/bus/acpi/devices/PNP0C80:03"
+    acpi.mkdir(parents=True)
+    for number, block in enumerate(targets):
+        name = "physical_node" if number == 0 else f"physical_node{number}"
+        (acpi / name).symlink_to(f"../../../../devices/system/memory/memory{block}")
+    dimm = {b.index for b in Sysfs(root).snapshot().blocks if b.group == "acpi:PNP0C80:03"}
+    assert dimm == expected

@@ -9,7 +9,6 @@ its retries is given up and the planner picks another candidate.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,11 +17,7 @@ from typing import Callable
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, BlockBusyError, OfflineTimeoutError, SysfsError
-from .kdump import KdumpConfig, KdumpOutcome, reload_after_change
-from .model import MemoryState
-from .sizes import format_size
-
-log = logging.getLogger(__name__)
+from .kdump import KdumpOutcome
 
 # EBUSY/EAGAIN: how often to try one block, and the backoff between tries.
 BUSY_ATTEMPTS = 3

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Callable, NamedTuple
 
-from .model import BlockRange, MemoryBlock, MemoryState, group_ranges, origin_key
+from .model import BlockRange, MemoryState, group_ranges, origin_key
 from .sizes import format_size
 
 STATUS_SCHEMA_VERSION = 1

@@ -104,22 +104,42 @@ def _stop_child(pid: int) -> bool:
     return True
 
 
-def _with_origin(block: MemoryBlock, boot_ram, dimm_groups: dict[int, str], virtio_regions) -> MemoryBlock:
-    """Tag a block with where its memory came from.
+def _linked_block(dir_fd: int, link: str) -> int | None:
+    """N of the memoryN a sysfs link points at (None if it is not one, or gone)."""
+    try:
+        target = os.readlink(link, dir_fd=dir_fd)
+    except OSError:
+        return None
+    name = target[target.rfind("/") + 1 :]
+    return int(name[6:]) if name.startswith("memory") and name[6:].isdecimal() else None
+
+
+_BOOT_ORIGIN = (ORIGIN_BOOT, None)
+
+
+def _origin_classifier(boot_ram, dimm_groups: dict[int, str], virtio_regions, block_size: int):
+    """A function (index, start) -> (origin, group), or None when no signal exists at all.
 
     Boot RAM (the boot E820 table) wins over every other signal: when signals disagree,
     calling a block boot memory only means it is never offlined. Without an E820 table
     (other architectures, recorded trees), a block no device claims is taken as boot.
     """
-    if boot_ram and overlaps(boot_ram, block.start, block.start + block.size - 1):
-        return block
-    group = dimm_groups.get(block.index)
-    if group is not None:
-        return block._replace(origin=ORIGIN_DIMM, group=group)
-    for region_start, region_end, device in virtio_regions:
-        if region_start <= block.start <= region_end:
-            return block._replace(origin=ORIGIN_VIRTIO_MEM, group=device)
-    return block._replace(origin=ORIGIN_HOTPLUG) if boot_ram else block
+    if not (boot_ram or dimm_groups or virtio_regions):
+        return None
+    unclaimed = (ORIGIN_HOTPLUG, None) if boot_ram else _BOOT_ORIGIN
+
+    def classify(index: int, start: int) -> tuple[str, str | None]:
+        if boot_ram and overlaps(boot_ram, start, start + block_size - 1):
+            return _BOOT_ORIGIN
+        group = dimm_groups.get(index)
+        if group is not None:
+            return ORIGIN_DIMM, group
+        for region_start, region_end, device in virtio_regions:
+            if region_start <= start <= region_end:
+                return ORIGIN_VIRTIO_MEM, device
+        return unclaimed
+
+    return classify
 
 
 def _parse_bool(text: str) -> bool | None:
@@ -254,22 +274,20 @@ class Sysfs:
         indexes = self.block_indexes()
         warnings: list[str] = []
         nodes_by_block, only_node = self._node_map()
-        dimm_groups = self._acpi_memory_devices()
-        virtio_regions = self._virtio_mem_regions(warnings)
+        classify = _origin_classifier(
+            self._boot_ram_ranges(), self._acpi_memory_devices(), self._virtio_mem_regions(warnings), block_size
+        )
         try:
             dir_fd = os.open(self.memory_dir, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise sysfs_error(exc, self.memory_dir, None, "open") from None
         try:
             present = self._optional_attributes(dir_fd, indexes, legacy, warnings)
-            blocks = self._scan_blocks(dir_fd, indexes, block_size, present, nodes_by_block, only_node)
+            blocks = self._scan_blocks(dir_fd, indexes, block_size, present, nodes_by_block, only_node, classify)
         finally:
             os.close(dir_fd)
         if not blocks:
             raise UnsupportedSystemError(f"{self.memory_dir}: no memory blocks found")
-        boot_ram = self._boot_ram_ranges()
-        if dimm_groups or virtio_regions or boot_ram:
-            blocks = [_with_origin(block, boot_ram, dimm_groups, virtio_regions) for block in blocks]
         return MemoryState(
             block_size=block_size,
             blocks=tuple(blocks),
@@ -309,7 +327,7 @@ class Sysfs:
         finally:
             os.close(fd)
 
-    def _scan_blocks(self, dir_fd, indexes, block_size, present, nodes_by_block, only_node) -> list[MemoryBlock]:
+    def _scan_blocks(self, dir_fd, indexes, block_size, present, nodes_by_block, only_node, classify):
         """The hot loop: two raw reads per block, local names, no per-attribute objects.
 
         Only a handful of distinct `state` and `valid_zones` contents exist, so the raw
@@ -346,8 +364,9 @@ class Sysfs:
                 continue  # hot-removed while we scanned: it is simply not present any more
             except OSError as exc:
                 raise sysfs_error(exc, os.path.join(self.memory_dir, name), index, "read") from None
-            append(make_block((index, index * block_size, block_size, state, zones, node, phys_device, removable,
-                               ORIGIN_BOOT, None)))
+            start = index * block_size
+            origin, group = classify(index, start) if classify else _BOOT_ORIGIN
+            append(make_block((index, start, block_size, state, zones, node, phys_device, removable, origin, group)))
         return blocks
 
     def _node_from_links(self, dir_fd: int, name: str) -> int | None:
@@ -382,7 +401,13 @@ class Sysfs:
         return nodes, None
 
     def _acpi_memory_devices(self) -> dict[int, str]:
-        """Block -> ACPI memory device (one DIMM), from the devices' physical_node links."""
+        """Block -> ACPI memory device (one DIMM), from the devices' physical_node links.
+
+        The kernel binds a device's blocks in ascending order, numbering the links
+        physical_node, physical_node1, ... So when the first and the last link span
+        exactly as many blocks as there are links, the device is that run of blocks and
+        the links between need no readlink: a 256-block DIMM costs two, not 256.
+        """
         acpi_root = self.path(ACPI_DEVICES_DIR)
         try:
             devices = [name for name in os.listdir(acpi_root) if name.startswith(ACPI_MEMORY_DEVICE_PREFIX)]
@@ -395,19 +420,22 @@ class Sysfs:
             except OSError:
                 continue
             try:
-                group = f"acpi:{device}"
-                for link in os.listdir(device_fd):
-                    if not link.startswith("physical_node"):
-                        continue
-                    try:
-                        target = os.readlink(link, dir_fd=device_fd)
-                    except OSError:
-                        continue
-                    name = target[target.rfind("/") + 1 :]
-                    if name.startswith("memory") and name[6:].isdecimal():
-                        groups[int(name[6:])] = group
+                links = sorted(
+                    (int(name[13:] or 0), name)
+                    for name in os.listdir(device_fd)
+                    if name.startswith("physical_node") and (name[13:] == "" or name[13:].isdecimal())
+                )
+                first = _linked_block(device_fd, links[0][1]) if links else None
+                last = _linked_block(device_fd, links[-1][1]) if links else None
+                if first is not None and last is not None and last - first + 1 == len(links):
+                    members = range(first, last + 1)
+                else:
+                    members = [block for _, name in links if (block := _linked_block(device_fd, name)) is not None]
             finally:
                 os.close(device_fd)
+            group = f"acpi:{device}"
+            for block in members:
+                groups[block] = group
         return groups
 
     def _boot_ram_ranges(self) -> list[tuple[int, int]]:
