@@ -341,7 +341,7 @@ class Sysfs:
         decoded: dict[bytes, str] = {}
         split: dict[bytes, tuple[str, ...]] = {}
         read_raw = _read_raw_at
-        make_block = MemoryBlock._make
+        new_tuple = tuple.__new__  # MemoryBlock without NamedTuple's _make/__new__ layers: the hot path
         blocks = []
         append = blocks.append
         for index in indexes:
@@ -366,7 +366,8 @@ class Sysfs:
                 raise sysfs_error(exc, os.path.join(self.memory_dir, name), index, "read") from None
             start = index * block_size
             origin, group = classify(index, start) if classify else _BOOT_ORIGIN
-            append(make_block((index, start, block_size, state, zones, node, phys_device, removable, origin, group)))
+            fields = (index, start, block_size, state, zones, node, phys_device, removable, origin, group)
+            append(new_tuple(MemoryBlock, fields))
         return blocks
 
     def _node_from_links(self, dir_fd: int, name: str) -> int | None:
