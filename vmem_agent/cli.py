@@ -246,12 +246,8 @@ def plan(ctx: click.Context, size: str, as_json: bool, **kw) -> None:
     from . import engine, report
 
     sysfs = _gateway(ctx)
-    state = sysfs.snapshot()
-    config = _policy_config(state.params, kw["zone"], kw["movable_ratio"], kw["reserve"], kw["min_online"])
-    target = engine.resolve_resize_target(state, size)
-    from .policy import plan_target
-
-    planned = plan_target(state, target.bytes, config, sysfs.memory_figures())
+    config = _policy_config(sysfs.kernel_params(), kw["zone"], kw["movable_ratio"], kw["reserve"], kw["min_online"])
+    state, target, planned = engine.plan_resize(sysfs, size, engine.RunOptions(policy=config))
     if as_json:
         click.echo(report.render_json(report.plan_document(planned, target.note)))
         return

@@ -1,6 +1,6 @@
 """The resize engine: snapshot, plan, apply, re-plan, reload kdump once.
 
-The CLI (and later the daemon) call these functions; they hold no state between runs.
+The CLI's commands call these functions; they hold no state between runs.
 A round applies one plan; blocks that failed are excluded and the next round plans
 again on a fresh snapshot, so a busy block is replaced by the next candidate.
 """
