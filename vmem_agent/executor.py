@@ -172,7 +172,7 @@ class BlockWriter:
 
     def _zone_of(self, index: int) -> str | None:
         try:
-            zones = self.sysfs.read_text(f"sys/devices/system/memory/memory{index}/valid_zones", block=index).split()
+            zones = self.sysfs.read_zones(index)
         except SysfsError:
             return None
         return zones[0] if zones else None

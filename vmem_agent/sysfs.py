@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import select
 import signal
 import time
@@ -45,7 +44,6 @@ ACPI_MEMORY_DEVICE_PREFIX = "PNP0C80:"  # the ACPI memory device: one DIMM
 BLOCK_STATES_WRITABLE = ("online", "online_kernel", "online_movable", "offline")
 ONLINE_POLICIES = ("contig-zones", "auto-movable")
 
-_NODE_NAME = re.compile(r"node(\d+)\Z")
 _READ_SIZE = 4096
 
 # After SIGTERM, how long an offline writer may take to leave the kernel before
@@ -104,14 +102,19 @@ def _stop_child(pid: int) -> bool:
     return True
 
 
+def _numbered(name: str, prefix: str) -> int | None:
+    """N of a sysfs name `<prefix>N` (memory12, node0), or None for any other name."""
+    digits = name[len(prefix) :]
+    return int(digits) if name.startswith(prefix) and digits.isdecimal() else None
+
+
 def _linked_block(dir_fd: int, link: str) -> int | None:
     """N of the memoryN a sysfs link points at (None if it is not one, or gone)."""
     try:
         target = os.readlink(link, dir_fd=dir_fd)
     except OSError:
         return None
-    name = target[target.rfind("/") + 1 :]
-    return int(name[6:]) if name.startswith("memory") and name[6:].isdecimal() else None
+    return _numbered(target[target.rfind("/") + 1 :], "memory")
 
 
 _BOOT_ORIGIN = (ORIGIN_BOOT, None)
@@ -257,12 +260,14 @@ class Sysfs:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 self._raise_unsupported()
             raise sysfs_error(exc, self.memory_dir, None, "list") from None
-        indexes = [int(name[6:]) for name in names if name.startswith("memory") and name[6:].isdecimal()]
-        indexes.sort()
-        return indexes
+        return sorted(index for name in names if (index := _numbered(name, "memory")) is not None)
 
     def read_state(self, index: int) -> str:
         return self.read_text(f"{MEMORY_DIR}/memory{index}/state", block=index)
+
+    def read_zones(self, index: int) -> tuple[str, ...]:
+        """valid_zones of one block, split in the kernel's order."""
+        return tuple(self.read_text(f"{MEMORY_DIR}/memory{index}/valid_zones", block=index).split())
 
     def snapshot(self, legacy: bool = False) -> MemoryState:
         """Read every block and the global attributes into one frozen `MemoryState`.
@@ -315,7 +320,7 @@ class Sysfs:
         for name, consequence in wanted.items():
             if name not in present:
                 warnings.append(f"{self.memory_dir}/memory{indexes[0]}/{name} is missing: {consequence}")
-        if any(_NODE_NAME.match(name) for name in names):
+        if any(_numbered(name, "node") is not None for name in names):
             present.add("node")
         return present
 
@@ -372,9 +377,9 @@ class Sysfs:
 
     def _node_from_links(self, dir_fd: int, name: str) -> int | None:
         for entry in self._listdir_at(dir_fd, name):
-            match = _NODE_NAME.match(entry)
-            if match:
-                return int(match.group(1))
+            node = _numbered(entry, "node")
+            if node is not None:
+                return node
         return None
 
     def _node_map(self) -> tuple[dict[int, int], int | None]:
@@ -385,7 +390,7 @@ class Sysfs:
         """
         node_root = self.path(NODE_DIR)
         try:
-            node_ids = [int(name[4:]) for name in os.listdir(node_root) if name.startswith("node") and name[4:].isdecimal()]
+            node_ids = [node for name in os.listdir(node_root) if (node := _numbered(name, "node")) is not None]
         except OSError:
             return {}, None
         if len(node_ids) == 1:
@@ -397,8 +402,9 @@ class Sysfs:
             except OSError:
                 continue
             for entry in entries:
-                if entry.startswith("memory") and entry[6:].isdecimal():
-                    nodes[int(entry[6:])] = node
+                block = _numbered(entry, "memory")
+                if block is not None:
+                    nodes[block] = node
         return nodes, None
 
     def _acpi_memory_devices(self) -> dict[int, str]:
