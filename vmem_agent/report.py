@@ -158,31 +158,34 @@ def render_status_json(state: MemoryState, legacy: bool = False) -> str:
 
 
 
-def _block_span(first, last) -> str:
-    label = str(first.index) if first.index == last.index else f"{first.index}-{last.index}"
-    return f"{label} (0x{first.start:x}-0x{last.end:x})"
+def _block_label(low, high) -> str:
+    return str(low.index) if low.index == high.index else f"{low.index}-{high.index}"
 
 
 def _runs(items, key):
-    """Consecutive items with the same key and neighbouring indexes, as (first, last, count)."""
+    """Consecutive items with the same key and neighbouring indexes (either direction),
+    as (lowest, highest, count): plans and results go upwards to grow, downwards to shrink."""
     runs = []
     for item in items:
         if runs and key(runs[-1][1]) == key(item) and abs(item.index - runs[-1][1].index) == 1:
             runs[-1] = (runs[-1][0], item, runs[-1][2] + 1)
         else:
             runs.append((item, item, 1))
-    return runs
+    return [(first, last, count) if first.index <= last.index else (last, first, count) for first, last, count in runs]
+
+
+def _gap_text(reached_bytes: int, target_bytes: int) -> str:
+    side = "short of" if reached_bytes < target_bytes else "above"
+    return f"{format_size(abs(target_bytes - reached_bytes))} {side} the target"
 
 
 def render_plan(plan, block_size: int) -> str:
     """The plan as a table, neighbouring blocks with the same write merged into one row."""
     header = ("ACTION", "BLOCKS", "RANGE", "SIZE", "ZONE", "WRITE", "REASON")
     rows = [header]
-    for first, last, count in _runs(plan.actions, key=lambda a: (a.kind, a.zone, a.write, a.reason)):
-        low, high = (first, last) if first.index <= last.index else (last, first)
-        label = str(low.index) if count == 1 else f"{low.index}-{high.index}"
-        rows.append((first.kind, label, f"0x{low.start:x}-0x{high.end:x}", format_size(count * block_size),
-                     first.zone or "-", first.write, first.reason))
+    for low, high, count in _runs(plan.actions, key=lambda a: (a.kind, a.zone, a.write, a.reason)):
+        rows.append((low.kind, _block_label(low, high), f"0x{low.start:x}-0x{high.end:x}",
+                     format_size(count * block_size), low.zone or "-", low.write, low.reason))
     lines = []
     if len(rows) > 1:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
@@ -191,8 +194,7 @@ def render_plan(plan, block_size: int) -> str:
     lines.append(
         f"Online memory: {format_size(plan.current_bytes)} -> {format_size(plan.planned_bytes)}"
         f" (target {format_size(plan.target_bytes)})"
-        + (f", {format_size(plan.shortfall_bytes)} {'short of' if plan.planned_bytes < plan.target_bytes else 'above'}"
-           " the target" if plan.shortfall_bytes else "")
+        + (f", {_gap_text(plan.planned_bytes, plan.target_bytes)}" if plan.shortfall_bytes else "")
     )
     lines.extend(f"note: {note}" for note in plan.notes)
     return "\n".join(lines)
@@ -214,9 +216,10 @@ def plan_document(plan, target_note: str | None = None) -> dict:
 def render_run(result) -> str:
     """What a resize/online/offline run did, block by block, then the outcome."""
     lines = []
-    for first, last, _count in _runs(result.blocks, key=lambda r: (r.operation, r.outcome, r.zone, r.message)):
-        low, high = (first, last) if first.index <= last.index else (last, first)
-        what = f"memory block{'s' if low is not high else ''} {_block_span(low, high)}: {first.operation}"
+    for low, high, _count in _runs(result.blocks, key=lambda r: (r.operation, r.outcome, r.zone, r.message)):
+        first = low  # every field but the index is the same across the run
+        what = (f"memory block{'s' if low is not high else ''} {_block_label(low, high)}"
+                f" (0x{low.start:x}-0x{high.end:x}): {first.operation}")
         if first.outcome == "done":
             what += " done" + (f", zone {first.zone}" if first.zone else "")
         elif first.outcome == "already":
@@ -234,9 +237,7 @@ def render_run(result) -> str:
     if result.target_bytes is not None:
         summary += f" (target {format_size(result.target_bytes)})"
         if not result.reached and not result.dry_run:
-            gap = abs(result.target_bytes - result.final_online_bytes)
-            side = "short of" if result.final_online_bytes < result.target_bytes else "above"
-            summary += f", {format_size(gap)} {side} the target"
+            summary += f", {_gap_text(result.final_online_bytes, result.target_bytes)}"
     lines.append(f"{summary}: {verdict}")
     lines.extend(f"note: {note}" for note in result.notes)
     if result.kdump is not None:
