@@ -10,7 +10,8 @@ import sys
 
 import click
 
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, EXIT_UNSUPPORTED, EXIT_USAGE, EXIT_BUSY, VmemError
+from .errors import EXIT_BUSY, EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, EXIT_UNSUPPORTED, EXIT_USAGE, VmemError
+from .limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
 
 EXIT_CODES_HELP = f"""\b
 Exit codes:
@@ -151,9 +152,9 @@ def policy_options(command):
 def write_options(command):
     """Options shared by the commands that write: deadlines, lock, kdump, output."""
     options = [
-        click.option("--timeout", type=click.FloatRange(min=0.1), default=600.0, show_default=True, metavar="SECONDS",
+        click.option("--timeout", type=click.FloatRange(min=0.1), default=RESIZE_TIMEOUT_S, show_default=True, metavar="SECONDS",
                      help="Overall deadline for the run."),
-        click.option("--block-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+        click.option("--block-timeout", type=click.FloatRange(min=0.1), default=OFFLINE_BLOCK_TIMEOUT_S, show_default=True,
                      metavar="SECONDS", envvar="VMEM_AGENT_BLOCK_TIMEOUT",
                      help="Interrupt an offline write that has not finished by then and try another block."),
         click.option("--wait", "lock_wait", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
@@ -174,15 +175,17 @@ def write_options(command):
     return command
 
 
-def _policy_config(state_params, zone, movable_ratio, reserve, min_online):
+def _policy_config(state_params, kw):
+    """PolicyConfig from the policy options; unset ratio settings follow the kernel's."""
     from .policy import DEFAULT_MOVABLE_RATIO, PolicyConfig
 
+    movable_ratio = kw["movable_ratio"]
     if movable_ratio is None:
         kernel_ratio = state_params.auto_movable_ratio
         movable_ratio = DEFAULT_MOVABLE_RATIO if kernel_ratio is None else kernel_ratio
     numa_aware = state_params.auto_movable_numa_aware if state_params.auto_movable_numa_aware is not None else True
-    return PolicyConfig(zone_mode=zone, movable_ratio=movable_ratio, numa_aware=numa_aware, reserve_bytes=reserve,
-                        min_online_bytes=min_online)
+    return PolicyConfig(zone_mode=kw["zone"], movable_ratio=movable_ratio, numa_aware=numa_aware,
+                        reserve_bytes=kw["reserve"], min_online_bytes=kw["min_online"])
 
 
 def _run_options(sysfs, kw, dry_run=False):
@@ -195,7 +198,7 @@ def _run_options(sysfs, kw, dry_run=False):
     if kw.get("kdump_command") is not None and not command:
         raise click.BadParameter("empty command", param_hint="--kdump-command")
     return RunOptions(
-        policy=_policy_config(sysfs.kernel_params(), kw["zone"], kw["movable_ratio"], kw["reserve"], kw["min_online"]),
+        policy=_policy_config(sysfs.kernel_params(), kw),
         kdump=KdumpConfig(mode=kw["kdump_mode"], command=command),
         block_timeout=kw["block_timeout"],
         timeout=kw["timeout"],
@@ -246,7 +249,7 @@ def plan(ctx: click.Context, size: str, as_json: bool, **kw) -> None:
     from . import engine, report
 
     sysfs = _gateway(ctx)
-    config = _policy_config(sysfs.kernel_params(), kw["zone"], kw["movable_ratio"], kw["reserve"], kw["min_online"])
+    config = _policy_config(sysfs.kernel_params(), kw)
     state, target, planned = engine.plan_resize(sysfs, size, engine.RunOptions(policy=config))
     if as_json:
         click.echo(report.render_json(report.plan_document(planned, target.note)))

@@ -18,8 +18,6 @@ from .executor import (
     FAILED,
     MAX_PLANNING_ROUNDS,
     NOT_ATTEMPTED,
-    OFFLINE_BLOCK_TIMEOUT_S,
-    RESIZE_TIMEOUT_S,
     TIMED_OUT,
     BlockResult,
     BlockWriter,
@@ -27,6 +25,7 @@ from .executor import (
     RunResult,
 )
 from .kdump import KdumpConfig, reload_after_change
+from .limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
 from .lock import WriterLock, default_lock_path
 from .model import MemoryState
 from .sizes import format_size, parse_size, resolve_target

@@ -18,14 +18,12 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, BlockBusyError, OfflineTimeoutError, SysfsError
 from .kdump import KdumpOutcome
+from .limits import OFFLINE_BLOCK_TIMEOUT_S
 
 # EBUSY/EAGAIN: how often to try one block, and the backoff between tries.
 BUSY_ATTEMPTS = 3
 BUSY_BACKOFF_INITIAL_S = 0.1
 BUSY_BACKOFF_MAX_S = 1.0
-# Offline writes that do not return by then are interrupted (the kernel returns EINTR).
-OFFLINE_BLOCK_TIMEOUT_S = 30.0
-RESIZE_TIMEOUT_S = 600.0
 # A plan is re-made after each round; this bounds pathological kernels.
 MAX_PLANNING_ROUNDS = 64
 
