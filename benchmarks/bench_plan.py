@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vmem_agent.model import (  # noqa: E402
+from vmem_agent.core.model import (  # noqa: E402
     OFFLINE,
     ONLINE,
     ORIGIN_DIMM,
@@ -24,7 +24,7 @@ from vmem_agent.model import (  # noqa: E402
     MemoryFigures,
     MemoryState,
 )
-from vmem_agent.policy import PolicyConfig, plan_target  # noqa: E402
+from vmem_agent.core.policy import PolicyConfig, plan_target  # noqa: E402
 
 BLOCK_SIZE = 128 << 20
 BLOCK_COUNT = 65_536

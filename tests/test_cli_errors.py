@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from vmem_agent import cli
-from vmem_agent.sysfs import Sysfs
+from vmem_agent.cli import commands as cli
+from vmem_agent.kernel.sysfs import Sysfs
 
 
 def test_unexpected_exception_is_one_line_without_traceback(monkeypatch, tmp_path):

@@ -14,25 +14,17 @@ import psutil
 import pytest
 
 from tests.fakesysfs import GiB, MiB, TreeSpec
-from vmem_agent import engine
-from vmem_agent.engine import RunOptions
+from vmem_agent.engine import runner as engine
+from vmem_agent.engine.runner import RunOptions
 from vmem_agent.errors import EXIT_FAILURE, EXIT_OK, OfflineTimeoutError
-from vmem_agent.executor import BlockWriter, Deadline
-from vmem_agent.kdump import KdumpConfig
-from vmem_agent.sysfs import Sysfs
+from vmem_agent.engine.executor import BlockWriter, Deadline
+from vmem_agent.engine.kdump import KdumpConfig
+from vmem_agent.kernel.offline_child import offline_block
+from vmem_agent.kernel.sysfs import Sysfs
 
 BLOCK = 128 * MiB
 VM = TreeSpec.vm(boot_gib=2, dimm_gib=(0.5, 0.5))
 DIMMS = range(32, 40)
-
-
-@pytest.fixture(autouse=True)
-def keep_psutil_procfs():
-    """Sysfs.memory_figures() points psutil's global PROCFS_PATH at the fake /proc (see
-    test_memory_figures_leave_psutil_alone); put it back so other tests still see /proc."""
-    saved = psutil.PROCFS_PATH
-    yield
-    psutil.PROCFS_PATH = saved
 
 
 @pytest.fixture
@@ -102,7 +94,7 @@ def test_gateway_offline_timeout_interrupts_and_reaps_the_writer(fake_kernel, op
     fake_kernel.set_offline_behaviour(39, 'hang')
     before = len(fake_kernel.writes())
     with pytest.raises(OfflineTimeoutError) as caught:
-        sysfs.offline_block(39, 0.3)
+        offline_block(sysfs, 39, 0.3)
     assert caught.value.writer_stuck_pid is None and caught.value.block == 39
     assert fake_kernel.block(39)['state'] == 'online'
     writes = fake_kernel.writes()[before:]
@@ -111,12 +103,13 @@ def test_gateway_offline_timeout_interrupts_and_reaps_the_writer(fake_kernel, op
 
 
 @pytest.mark.fake_kernel(VM)
-def test_memory_figures_leave_psutil_alone(fake_kernel):
-    """Reading the fake root's /proc/meminfo must not repoint psutil for the whole process:
-    today Sysfs.memory_figures() sets psutil.PROCFS_PATH and leaves it, after which psutil
-    cannot even find this process (pid_exists(getpid()) is False). Fails until fixed."""
-    before = psutil.PROCFS_PATH
-    figures = Sysfs(fake_kernel.root).memory_figures()
-    assert figures is not None and figures.total_bytes > 0
-    assert psutil.PROCFS_PATH == before
-    assert psutil.pid_exists(os.getpid())
+def test_memory_figures_come_from_the_roots_meminfo(fake_kernel):
+    """MemTotal/MemAvailable are read through the gateway from ROOT/proc/meminfo, and move
+    with the fake kernel's knobs (nothing process-global such as psutil's PROCFS_PATH)."""
+    sysfs = Sysfs(fake_kernel.root)
+    before = sysfs.memory_figures()
+    fake_kernel.set_memory_used(1 * GiB)
+    after = sysfs.memory_figures()
+    assert before is not None and after is not None
+    assert after.total_bytes == before.total_bytes
+    assert after.available_bytes == after.total_bytes - 1 * GiB

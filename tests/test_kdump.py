@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from vmem_agent.kdump import KdumpConfig, detect_reload_command, reload_after_change
+from vmem_agent.engine.kdump import KdumpConfig, detect_reload_command, reload_after_change
 
 
 class FakeCrashSysfs:

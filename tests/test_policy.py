@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmem_agent.errors import UsageError
-from vmem_agent.model import (
+from vmem_agent.core.model import (
     GOING_OFFLINE,
     OFFLINE,
     ONLINE,
@@ -24,7 +24,7 @@ from vmem_agent.model import (
     MemoryFigures,
     MemoryState,
 )
-from vmem_agent.policy import (
+from vmem_agent.core.policy import (
     KIND_OFFLINE,
     KIND_ONLINE,
     Action,

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmem_agent.errors import UsageError
-from vmem_agent.sizes import MAX_SIZE, SizeRequest, Target, format_size, parse_size, resolve_target
+from vmem_agent.core.sizes import MAX_SIZE, SizeRequest, Target, format_size, parse_size, resolve_target
 
 K, M, G, T = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 BLOCK = 128 * M

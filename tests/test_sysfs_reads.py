@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vmem_agent.errors import UnsupportedSystemError
-from vmem_agent.sysfs import Sysfs
+from vmem_agent.kernel.sysfs import Sysfs
 
 BLOCK = 128 << 20
 
@@ -167,7 +167,7 @@ def test_write_never_creates_files(tmp_path):
 
 def boot_params_with(entries: list[tuple[int, int, int]]) -> bytes:
     """A 4 KiB struct boot_params whose E820 table holds (addr, size, type) entries."""
-    from vmem_agent.e820 import E820_ENTRIES_OFFSET, E820_ENTRY, E820_TABLE_OFFSET
+    from vmem_agent.kernel.e820 import E820_ENTRIES_OFFSET, E820_ENTRY, E820_TABLE_OFFSET
 
     data = bytearray(4096)
     data[E820_ENTRIES_OFFSET] = len(entries)
@@ -177,7 +177,7 @@ def boot_params_with(entries: list[tuple[int, int, int]]) -> bytes:
 
 
 def test_e820_ram_ranges_are_parsed():
-    from vmem_agent.e820 import boot_ram_ranges
+    from vmem_agent.kernel.e820 import boot_ram_ranges
 
     data = boot_params_with([(0x100000, 0x7FF00000, 1), (0, 0x9FC00, 1), (0xFEFFC000, 0x4000, 2)])
     assert boot_ram_ranges(data) == [(0, 0x9FBFF), (0x100000, 0x7FFFFFFF)]

@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 
-from .errors import LockBusyError, VmemError
+from ..errors import LockBusyError, VmemError
 
 LOCK_DIR = "/run"
 LOCK_POLL_INTERVAL_S = 0.1

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Callable, NamedTuple
 
-from .model import BlockRange, MemoryState, group_ranges, origin_key
-from .sizes import format_size
+from ..core.model import BlockRange, MemoryState, group_ranges, origin_key
+from ..core.sizes import format_size
 
 STATUS_SCHEMA_VERSION = 1
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
-from .errors import UsageError
+from ..errors import UsageError
 from .model import (
     OFFLINE,
     ONLINE,

@@ -79,7 +79,7 @@ class KernelParams:
 
 @dataclass(frozen=True, slots=True)
 class MemoryFigures:
-    """What the kernel says about memory use (psutil), for the offline safety floor."""
+    """MemTotal and MemAvailable from /proc/meminfo, for the offline safety floor."""
 
     total_bytes: int
     available_bytes: int

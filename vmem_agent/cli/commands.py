@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from .errors import EXIT_BUSY, EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, EXIT_UNSUPPORTED, EXIT_USAGE, VmemError
-from .limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
+from ..errors import EXIT_BUSY, EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, EXIT_UNSUPPORTED, EXIT_USAGE, VmemError
+from ..limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
 
 EXIT_CODES_HELP = f"""\b
 Exit codes:
@@ -86,7 +86,7 @@ def main(ctx: click.Context, sysfs_root: str, verbose: int) -> None:
 
 
 def _gateway(ctx: click.Context):
-    from .sysfs import Sysfs
+    from ..kernel.sysfs import Sysfs
 
     return Sysfs(ctx.obj["sysfs_root"])
 
@@ -121,7 +121,7 @@ class SizeType(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
-        from .sizes import parse_size
+        from ..core.sizes import parse_size
 
         try:
             return parse_size(value, allow_relative=False).bytes
@@ -177,7 +177,7 @@ def write_options(command):
 
 def _policy_config(state_params, kw):
     """PolicyConfig from the policy options; unset ratio settings follow the kernel's."""
-    from .policy import DEFAULT_MOVABLE_RATIO, PolicyConfig
+    from ..core.policy import DEFAULT_MOVABLE_RATIO, PolicyConfig
 
     movable_ratio = kw["movable_ratio"]
     if movable_ratio is None:
@@ -191,8 +191,8 @@ def _policy_config(state_params, kw):
 def _run_options(sysfs, kw, dry_run=False):
     import shlex
 
-    from .engine import RunOptions
-    from .kdump import KdumpConfig
+    from ..engine.runner import RunOptions
+    from ..engine.kdump import KdumpConfig
 
     command = tuple(shlex.split(kw["kdump_command"])) if kw.get("kdump_command") else None
     if kw.get("kdump_command") is not None and not command:
@@ -232,7 +232,7 @@ def resize(ctx: click.Context, size: str, dry_run: bool, **kw) -> None:
     offlining hot-plugged Movable blocks first, highest first; never boot memory and
     never below the reserve. Sizes are binary (G = GiB) and round up to whole blocks.
     """
-    from . import engine
+    from ..engine import runner as engine
 
     sysfs = _gateway(ctx)
     result = engine.resize(sysfs, size, _run_options(sysfs, kw, dry_run))
@@ -246,7 +246,8 @@ def resize(ctx: click.Context, size: str, dry_run: bool, **kw) -> None:
 @click.pass_context
 def plan(ctx: click.Context, size: str, as_json: bool, **kw) -> None:
     """Show which blocks `resize SIZE` would change, in order, into which zone, and why."""
-    from . import engine, report
+    from . import report
+    from ..engine import runner as engine
 
     sysfs = _gateway(ctx)
     config = _policy_config(sysfs.kernel_params(), kw)
@@ -267,7 +268,7 @@ def plan(ctx: click.Context, size: str, as_json: bool, **kw) -> None:
 @click.pass_context
 def online(ctx: click.Context, blocks_or_size: str, dry_run: bool, **kw) -> None:
     """Online blocks by index (12, 12-20, 3,5-7) or an amount of memory (1G: lowest offline first)."""
-    from . import engine
+    from ..engine import runner as engine
 
     sysfs = _gateway(ctx)
     result = engine.change_blocks(sysfs, "online", blocks_or_size, _run_options(sysfs, kw, dry_run))
@@ -284,7 +285,7 @@ def online(ctx: click.Context, blocks_or_size: str, dry_run: bool, **kw) -> None
 @click.pass_context
 def offline(ctx: click.Context, blocks_or_size: str, dry_run: bool, force: bool, **kw) -> None:
     """Offline blocks by index (12, 12-20) or an amount of memory (512M: Movable, highest first)."""
-    from . import engine
+    from ..engine import runner as engine
 
     sysfs = _gateway(ctx)
     result = engine.change_blocks(sysfs, "offline", blocks_or_size, _run_options(sysfs, kw, dry_run), force=force)

@@ -31,7 +31,3 @@ def boot_ram_ranges(boot_params: bytes) -> list[tuple[int, int]]:
         if kind == E820_TYPE_RAM and size:
             ranges.append((start, start + size - 1))
     return sorted(ranges)
-
-
-def overlaps(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
-    return any(low <= end and start <= high for low, high in ranges)

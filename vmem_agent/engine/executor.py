@@ -16,9 +16,10 @@ from typing import Callable
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, BlockBusyError, OfflineTimeoutError, SysfsError
+from ..errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, BlockBusyError, OfflineTimeoutError, SysfsError
 from .kdump import KdumpOutcome
-from .limits import OFFLINE_BLOCK_TIMEOUT_S
+from ..kernel.offline_child import offline_block
+from ..limits import OFFLINE_BLOCK_TIMEOUT_S
 
 # EBUSY/EAGAIN: how often to try one block, and the backoff between tries.
 BUSY_ATTEMPTS = 3
@@ -138,7 +139,7 @@ class BlockWriter:
             nonlocal attempts
             attempts += 1
             if operation == "offline":
-                return self.sysfs.offline_block(index, min(self.block_timeout, max(deadline.remaining(), 0.1)))
+                return offline_block(self.sysfs, index, min(self.block_timeout, max(deadline.remaining(), 0.1)))
             return self.sysfs.write_block_state(index, operation)
 
         retrying = Retrying(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from . import policy
-from .errors import UsageError
+from ..core import policy
+from ..errors import UsageError
 from .executor import (
     ALREADY,
     DONE,
@@ -25,10 +25,10 @@ from .executor import (
     RunResult,
 )
 from .kdump import KdumpConfig, reload_after_change
-from .limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
+from ..limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
 from .lock import WriterLock, default_lock_path
-from .model import MemoryState
-from .sizes import format_size, parse_size, resolve_target
+from ..core.model import MemoryState
+from ..core.sizes import format_size, parse_size, resolve_target
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,49 @@
+"""Where a memory block came from, decided from the kernel's signals. Pure: no I/O.
+
+The signals are read by kernel.snapshot: RAM of the boot E820 table, the blocks that
+each ACPI memory device (one DIMM) links to, and the virtio-mem ranges of /proc/iomem.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .model import ORIGIN_BOOT, ORIGIN_DIMM, ORIGIN_HOTPLUG, ORIGIN_VIRTIO_MEM
+
+BOOT_ORIGIN = (ORIGIN_BOOT, None)
+
+Classifier = Callable[[int, int], tuple[str, "str | None"]]
+
+
+def overlaps(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
+    return any(low <= end and start <= high for low, high in ranges)
+
+
+def origin_classifier(
+    boot_ram: list[tuple[int, int]],
+    dimm_groups: dict[int, str],
+    virtio_regions: list[tuple[int, int, str]],
+    block_size: int,
+) -> Classifier | None:
+    """A function (index, start) -> (origin, group), or None when no signal exists at all.
+
+    Boot RAM (the boot E820 table) wins over every other signal: when signals disagree,
+    calling a block boot memory only means it is never offlined. Without an E820 table
+    (other architectures, recorded trees), a block no device claims is taken as boot.
+    """
+    if not (boot_ram or dimm_groups or virtio_regions):
+        return None
+    unclaimed = (ORIGIN_HOTPLUG, None) if boot_ram else BOOT_ORIGIN
+
+    def classify(index: int, start: int) -> tuple[str, str | None]:
+        if boot_ram and overlaps(boot_ram, start, start + block_size - 1):
+            return BOOT_ORIGIN
+        group = dimm_groups.get(index)
+        if group is not None:
+            return ORIGIN_DIMM, group
+        for region_start, region_end, device in virtio_regions:
+            if region_start <= start <= region_end:
+                return ORIGIN_VIRTIO_MEM, device
+        return unclaimed
+
+    return classify

@@ -1,0 +1,1 @@
+"""Applying plans: the runner (snapshot, plan, apply, re-plan), the block writer, kdump, the lock."""

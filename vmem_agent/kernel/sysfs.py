@@ -1,0 +1,285 @@
+"""The one gateway to the kernel's memory-hotplug files.
+
+Every read and write of sysfs and procfs goes through `Sysfs`, built on a root path
+(`/` in production, a recorded or fake tree in tests), and every OSError becomes a
+typed `SysfsError` here and nowhere else. Besides path-based reads it offers
+descriptor-relative primitives (`open_dir`, `read_at`, ...) for the snapshot's hot loop:
+a guest can have tens of thousands of blocks, and one Python object per attribute
+would make `status` slower than lsmem.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from ..core.model import OFFLINE, ONLINE, KernelParams, MemoryFigures
+from ..errors import SysfsError, UnsupportedSystemError, sysfs_error
+from .meminfo import memory_figures
+
+MEMORY_DIR = "sys/devices/system/memory"
+NODE_DIR = "sys/devices/system/node"
+PARAMS_DIR = "sys/module/memory_hotplug/parameters"
+KEXEC_CRASH_LOADED = "sys/kernel/kexec_crash_loaded"
+PROC_IOMEM = "proc/iomem"
+PROC_MEMINFO = "proc/meminfo"
+BOOT_PARAMS = "sys/kernel/boot_params/data"
+ACPI_DEVICES_DIR = "sys/bus/acpi/devices"
+
+BLOCK_STATES_WRITABLE = ("online", "online_kernel", "online_movable", "offline")
+
+_READ_SIZE = 4096  # a sysfs attribute is at most one page
+PROC_FILE_LIMIT = 1 << 20  # /proc/iomem of a big machine is far longer than a page
+_ABSENT = (errno.ENOENT, errno.ENOTDIR)
+
+# Outcomes of a state write.
+CHANGED = "changed"
+ALREADY = "already"
+
+
+def numbered(name: str, prefix: str) -> int | None:
+    """N of a sysfs name `<prefix>N` (memory12, node0), or None for any other name."""
+    digits = name[len(prefix) :]
+    return int(digits) if name.startswith(prefix) and digits.isdecimal() and digits.isascii() else None
+
+
+def parse_bool(text: str) -> bool | None:
+    lowered = text.strip().lower()
+    if lowered in ("1", "y", "yes", "true"):
+        return True
+    if lowered in ("0", "n", "no", "false"):
+        return False
+    return None
+
+
+def parse_int(text: str, base: int = 10) -> int | None:
+    try:
+        return int(text, base)
+    except ValueError:
+        return None
+
+
+class Sysfs:
+    """Reads and writes the kernel's memory-hotplug files under one root."""
+
+    def __init__(self, root: str | os.PathLike = "/"):
+        self.root = os.path.abspath(os.fspath(root))
+        self.memory_dir = os.path.join(self.root, MEMORY_DIR)
+        self._fd_paths: dict[int, str] = {}
+
+    def __repr__(self) -> str:
+        return f"Sysfs({self.root!r})"
+
+    def path(self, relative: str) -> str:
+        return os.path.join(self.root, relative)
+
+    # -- path-based reads --------------------------------------------------------------
+
+    def read_bytes(self, relative: str, block: int | None = None, limit: int = _READ_SIZE) -> bytes:
+        path = self.path(relative)
+        try:
+            with open(path, "rb") as handle:
+                return handle.read(limit)
+        except OSError as exc:
+            raise sysfs_error(exc, path, block, "read") from None
+
+    def read_text(self, relative: str, block: int | None = None, limit: int = _READ_SIZE) -> str:
+        return self.read_bytes(relative, block, limit).decode("ascii", "replace").strip()
+
+    def read_optional(self, relative: str, limit: int = _READ_SIZE) -> str | None:
+        """Read an attribute that older kernels or other setups may lack (None if absent)."""
+        try:
+            return self.read_text(relative, limit=limit)
+        except SysfsError as exc:
+            if exc.errno in _ABSENT:
+                return None
+            raise
+
+    def read_bytes_optional(self, relative: str, limit: int = _READ_SIZE) -> bytes | None:
+        """A file's bytes, or None when it is absent or unreadable (a signal that is simply missing)."""
+        try:
+            return self.read_bytes(relative, limit=limit)
+        except SysfsError:
+            return None
+
+    def listdir_optional(self, relative: str) -> list[str] | None:
+        """Names in a directory, or None when it does not exist or cannot be listed."""
+        try:
+            return os.listdir(self.path(relative))
+        except OSError:
+            return None
+
+    def exists(self, relative: str) -> bool:
+        return os.path.lexists(self.path(relative))
+
+    # -- descriptor-relative reads, for scans of many files -----------------------------
+
+    def open_dir(self, relative: str, block: int | None = None) -> int:
+        path = self.path(relative)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise sysfs_error(exc, path, block, "open") from None
+        self._fd_paths[fd] = path
+        return fd
+
+    def open_dir_optional(self, relative: str) -> int | None:
+        try:
+            return self.open_dir(relative)
+        except SysfsError:
+            return None
+
+    def close(self, fd: int) -> None:
+        self._fd_paths.pop(fd, None)
+        os.close(fd)
+
+    def read_at(self, dir_fd: int, name: str, block: int | None = None) -> bytes:
+        """A small attribute relative to an open directory; BlockVanishedError when it is gone."""
+        try:
+            fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+            try:
+                return os.read(fd, _READ_SIZE)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise sysfs_error(exc, os.path.join(self._fd_paths.get(dir_fd, "?"), name), block, "read") from None
+
+    def listdir_at(self, dir_fd: int, name: str, block: int | None = None) -> list[str]:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
+            try:
+                return os.listdir(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise sysfs_error(exc, os.path.join(self._fd_paths.get(dir_fd, "?"), name), block, "list") from None
+
+    def listdir_fd(self, dir_fd: int) -> list[str]:
+        try:
+            return os.listdir(dir_fd)
+        except OSError as exc:
+            raise sysfs_error(exc, self._fd_paths.get(dir_fd, "?"), None, "list") from None
+
+    @staticmethod
+    def readlink_at(dir_fd: int, name: str) -> str | None:
+        """Where a link points, or None when it is not a link or is gone (links are optional signals)."""
+        try:
+            return os.readlink(name, dir_fd=dir_fd)
+        except OSError:
+            return None
+
+    # -- typed reads -------------------------------------------------------------------
+
+    def block_size(self) -> int:
+        text = self.read_optional(f"{MEMORY_DIR}/block_size_bytes")
+        if text is None:
+            self._raise_unsupported()
+        size = parse_int(text, 16)
+        if not size or size <= 0:
+            raise UnsupportedSystemError(f"{self.path(MEMORY_DIR)}/block_size_bytes: unreadable block size {text!r}")
+        return size
+
+    def _raise_unsupported(self) -> None:
+        if not os.path.isdir(self.root):
+            raise UnsupportedSystemError(f"{self.root}: sysfs root does not exist or is not a directory")
+        if not os.path.isdir(self.memory_dir):
+            raise UnsupportedSystemError(
+                f"{self.memory_dir}: no such directory: this kernel does not support memory blocks "
+                "(CONFIG_MEMORY_HOTPLUG) or the sysfs root is wrong"
+            )
+        raise UnsupportedSystemError(f"{self.memory_dir}/block_size_bytes: missing: this system does not support memory blocks")
+
+    def kernel_params(self) -> KernelParams:
+        ratio = self.read_optional(f"{PARAMS_DIR}/auto_movable_ratio")
+        numa = self.read_optional(f"{PARAMS_DIR}/auto_movable_numa_aware")
+        memmap = self.read_optional(f"{PARAMS_DIR}/memmap_on_memory")
+        return KernelParams(
+            online_policy=self.read_optional(f"{PARAMS_DIR}/online_policy"),
+            auto_movable_ratio=parse_int(ratio) if ratio is not None else None,
+            auto_movable_numa_aware=parse_bool(numa) if numa is not None else None,
+            memmap_on_memory=parse_bool(memmap) if memmap is not None else None,
+        )
+
+    def auto_online_blocks(self) -> str | None:
+        return self.read_optional(f"{MEMORY_DIR}/auto_online_blocks")
+
+    def crash_hotplug(self) -> bool | None:
+        """Whether the kernel updates the crash image itself on hotplug (None: unknown)."""
+        text = self.read_optional(f"{MEMORY_DIR}/crash_hotplug")
+        return parse_bool(text) if text is not None else None
+
+    def kexec_crash_loaded(self) -> bool | None:
+        text = self.read_optional(KEXEC_CRASH_LOADED)
+        return parse_bool(text) if text is not None else None
+
+    def memory_figures(self) -> MemoryFigures | None:
+        """MemTotal and MemAvailable of this root's /proc/meminfo (None: unknown)."""
+        try:
+            text = self.read_bytes(PROC_MEMINFO, limit=PROC_FILE_LIMIT).decode("ascii", "replace")
+        except SysfsError:
+            return None
+        return memory_figures(text)
+
+    def block_indexes(self) -> list[int]:
+        """Indexes of all present blocks, in numeric order (memory10 after memory9)."""
+        try:
+            names = os.listdir(self.memory_dir)
+        except OSError as exc:
+            if exc.errno in _ABSENT:
+                self._raise_unsupported()
+            raise sysfs_error(exc, self.memory_dir, None, "list") from None
+        return sorted(index for name in names if (index := numbered(name, "memory")) is not None)
+
+    def read_state(self, index: int) -> str:
+        return self.read_text(f"{MEMORY_DIR}/memory{index}/state", block=index)
+
+    def read_zones(self, index: int) -> tuple[str, ...]:
+        """valid_zones of one block, split in the kernel's order."""
+        return tuple(self.read_text(f"{MEMORY_DIR}/memory{index}/valid_zones", block=index).split())
+
+    def snapshot(self, legacy: bool = False):
+        """Every block and the global attributes as one frozen `MemoryState` (see kernel.snapshot)."""
+        from .snapshot import read_snapshot
+
+        return read_snapshot(self, legacy)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write_text(self, relative: str, value: str, block: int | None = None) -> None:
+        """Write an existing attribute (never created, as on a real sysfs)."""
+        path = self.path(relative)
+        action = f"write {value!r}"
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError as exc:
+            raise sysfs_error(exc, path, block, action) from None
+        try:
+            os.write(fd, value.encode("ascii"))
+        except OSError as exc:
+            raise sysfs_error(exc, path, block, action) from None
+        finally:
+            os.close(fd)
+
+    def write_block_state(self, index: int, value: str) -> str:
+        """Write `value` to memoryN/state; CHANGED, or ALREADY when the kernel says it is a no-op.
+
+        The kernel answers EINVAL when the block is already in the requested state; a
+        re-read of `state` tells that apart from a real EINVAL.
+        """
+        if value not in BLOCK_STATES_WRITABLE:
+            raise ValueError(f"not a block state to write: {value!r}")
+        try:
+            self.write_text(f"{MEMORY_DIR}/memory{index}/state", value, block=index)
+        except SysfsError as exc:
+            if exc.errno == errno.EINVAL and self._already_in(index, value):
+                return ALREADY
+            raise
+        return CHANGED
+
+    def _already_in(self, index: int, value: str) -> bool:
+        try:
+            state = self.read_state(index)
+        except SysfsError:
+            return False
+        wanted = OFFLINE if value == "offline" else ONLINE
+        return state == wanted
