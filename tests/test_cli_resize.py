@@ -538,7 +538,9 @@ def test_min_online_is_a_floor(fake_kernel):
 
 @pytest.fixture
 def held_lock(fake_kernel):
-    fd = os.open(default_lock_path(str(fake_kernel.root)), os.O_RDWR | os.O_CREAT, 0o644)
+    path = default_lock_path(str(fake_kernel.root))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX)
     state = {'fd': fd}
 

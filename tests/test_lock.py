@@ -47,6 +47,6 @@ def test_wait_gives_up_at_its_limit(tmp_path):
 
 
 def test_lock_path_is_shared_for_the_real_root_and_separate_per_fake_root():
-    assert default_lock_path("/") == "/run/vmem-agent.lock"
+    assert default_lock_path("/") == "/run/vmem-agent/lock"
     assert default_lock_path("/tmp/a") != default_lock_path("/tmp/b")
     assert default_lock_path("/tmp/a") == default_lock_path("/tmp/a/")

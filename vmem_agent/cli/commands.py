@@ -160,7 +160,7 @@ def write_options(command):
         click.option("--wait", "lock_wait", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
                      help="Wait this long for another vmem-agent writer to finish instead of failing at once."),
         click.option("--lock-file", default=None, envvar="VMEM_AGENT_LOCK_FILE", metavar="PATH",
-                     help="Lock file (default: /run/vmem-agent.lock, or one per --sysfs-root)."),
+                     help="Lock file (default: /run/vmem-agent/lock, or one per --sysfs-root)."),
         click.option("--kdump", "kdump_mode", type=click.Choice(["auto", "always", "never"]), default="auto",
                      show_default=True, envvar="VMEM_AGENT_KDUMP",
                      help="Reload kdump after a change: auto = only if a crash kernel is loaded and the kernel "

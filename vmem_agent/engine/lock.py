@@ -1,29 +1,22 @@
-"""One writer at a time: an flock on a file under /run, per sysfs root.
+"""One writer at a time: an flock on a file in the runtime dir, per sysfs root.
 
 Two agents (or an agent and an operator) interleaving online/offline writes would each
-plan on a snapshot the other is changing. The lock is per root, so tests on separate
-fake trees do not contend, while every writer of the real `/` shares /run/vmem-agent.lock.
+plan on a snapshot the other is changing. The lock is per root (vmem_agent.paths), so
+tests on separate fake trees do not contend, while every writer of the real `/` shares
+/run/vmem-agent/lock with the daemon.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import time
 
 from ..errors import LockBusyError, VmemError
+from ..paths import lock_path as default_lock_path
 
-LOCK_DIR = "/run"
 LOCK_POLL_INTERVAL_S = 0.1
-
-
-def default_lock_path(sysfs_root: str) -> str:
-    if os.path.abspath(sysfs_root) == "/":
-        return os.path.join(LOCK_DIR, "vmem-agent.lock")
-    digest = hashlib.sha1(os.path.abspath(sysfs_root).encode()).hexdigest()[:12]
-    return os.path.join(LOCK_DIR, f"vmem-agent-{digest}.lock")
 
 
 class WriterLock:
@@ -36,6 +29,7 @@ class WriterLock:
 
     def __enter__(self) -> "WriterLock":
         try:
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise VmemError(f"cannot open lock file {self.path}: {os.strerror(exc.errno)}") from None

@@ -1,0 +1,46 @@
+"""Where vmem-agent keeps its files, in one place: config, runtime dir, lock, socket, state.
+
+Production (`--sysfs-root /`) uses the FHS paths the systemd unit sets up
+(RuntimeDirectory=vmem-agent, StateDirectory=vmem-agent). Any other root gets a runtime
+directory of its own, named after the root, so that tests on separate fake trees never
+share a lock or a daemon, and nothing of theirs lands in the production paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+CONFIG_PATH = "/etc/vmem-agent/config.toml"
+RUNTIME_DIR = "/run/vmem-agent"
+STATE_DIR = "/var/lib/vmem-agent"
+LOCK_NAME = "lock"
+CONTROL_SOCKET_NAME = "control.sock"
+TARGET_FILE_NAME = "target.json"
+
+
+def _is_production(sysfs_root: str) -> bool:
+    return os.path.abspath(sysfs_root) == "/"
+
+
+def runtime_dir(sysfs_root: str) -> str:
+    """/run/vmem-agent for the real root; /run/vmem-agent-<hash of the root> for any other."""
+    if _is_production(sysfs_root):
+        return RUNTIME_DIR
+    digest = hashlib.sha1(os.path.abspath(sysfs_root).encode()).hexdigest()[:12]
+    return f"{RUNTIME_DIR}-{digest}"
+
+
+def lock_path(sysfs_root: str) -> str:
+    return os.path.join(runtime_dir(sysfs_root), LOCK_NAME)
+
+
+def control_socket_path(sysfs_root: str) -> str:
+    return os.path.join(runtime_dir(sysfs_root), CONTROL_SOCKET_NAME)
+
+
+def state_dir(sysfs_root: str) -> str:
+    """/var/lib/vmem-agent for the real root; inside the runtime dir for any other (tests)."""
+    if _is_production(sysfs_root):
+        return STATE_DIR
+    return os.path.join(runtime_dir(sysfs_root), "state")
