@@ -16,6 +16,7 @@ EXIT_USAGE = 2
 EXIT_UNSUPPORTED = 3
 EXIT_BUSY = 4
 EXIT_PARTIAL = 64
+EXIT_CONFIG = 78  # sysexits' EX_CONFIG: the daemon's configuration is invalid (systemd: no restart)
 
 
 class VmemError(Exception):
@@ -40,6 +41,12 @@ class LockBusyError(VmemError):
     """Another vmem-agent writer holds the lock."""
 
     exit_code = EXIT_BUSY
+
+
+class ConfigError(VmemError):
+    """The daemon's configuration file is missing, unreadable or invalid."""
+
+    exit_code = EXIT_CONFIG
 
 
 class SysfsError(VmemError):

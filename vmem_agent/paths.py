@@ -23,6 +23,11 @@ def _is_production(sysfs_root: str) -> bool:
     return os.path.abspath(sysfs_root) == "/"
 
 
+def default_config_path(sysfs_root: str) -> str | None:
+    """The config file that belongs to this root: /etc/vmem-agent/config.toml for `/`, none for others."""
+    return CONFIG_PATH if _is_production(sysfs_root) else None
+
+
 def runtime_dir(sysfs_root: str) -> str:
     """/run/vmem-agent for the real root; /run/vmem-agent-<hash of the root> for any other."""
     if _is_production(sysfs_root):

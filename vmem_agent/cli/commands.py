@@ -10,8 +10,16 @@ import sys
 
 import click
 
-from ..errors import EXIT_BUSY, EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, EXIT_UNSUPPORTED, EXIT_USAGE, VmemError
+from ..errors import (
+    EXIT_BUSY, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, EXIT_UNSUPPORTED, EXIT_USAGE, UsageError, VmemError,
+)
 from ..limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
+
+STATUS_QUERY_TIMEOUT_S = 5.0  # the daemon answers status from its loop at once
+DAEMON_RUN_TIMEOUT_S = 3600.0  # a resize through the daemon: its own deadlines end the run long before
+# Options of a direct run that the daemon does not take: it plans and writes with its configuration.
+DAEMON_CONFIGURED_OPTIONS = ("zone", "movable_ratio", "reserve", "min_online", "timeout", "block_timeout",
+                             "lock_wait", "lock_file", "kdump_mode", "kdump_command")
 
 EXIT_CODES_HELP = f"""\b
 Exit codes:
@@ -21,6 +29,7 @@ Exit codes:
   {EXIT_UNSUPPORTED}   no memory-block sysfs under the root (wrong --sysfs-root, or no hotplug)
   {EXIT_BUSY}   another vmem-agent writer holds the lock (see --wait)
   {EXIT_PARTIAL}  partial: some blocks changed, the target was not fully reached
+  {EXIT_CONFIG}  daemon: invalid configuration file
   130 143  interrupted by SIGINT / SIGTERM (a running offline writer is stopped first)
 """
 
@@ -82,7 +91,7 @@ def main(ctx: click.Context, sysfs_root: str, verbose: int) -> None:
         format="vmem-agent: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
-    ctx.obj = {"sysfs_root": sysfs_root}
+    ctx.obj = {"sysfs_root": sysfs_root, "verbose": verbose}
 
 
 def _gateway(ctx: click.Context):
@@ -98,19 +107,54 @@ def _gateway(ctx: click.Context):
 @click.option("--legacy", is_flag=True, help="Also read removable and phys_device of every block (JSON only).")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, per_block: bool, no_summary: bool, legacy: bool) -> None:
-    """Show memory blocks, zones, nodes and hotplug settings (reads only)."""
+    """Show memory blocks, zones, nodes, hotplug settings, who onlines, and the daemon (reads only)."""
     from . import report
 
-    state = _gateway(ctx).snapshot(legacy=legacy)
+    sysfs = _gateway(ctx)
+    state = sysfs.snapshot(legacy=legacy)
     for warning in state.warnings:
         click.echo(f"vmem-agent: warning: {warning}", err=True)
+    onlining = _onlining_facts(sysfs, state)
     if as_json:
-        click.echo(report.render_status_json(state, legacy))
+        click.echo(report.render_status_json(state, legacy, onlining))
         return
     click.echo(report.render_table(state, per_block=per_block))
     if not no_summary:
         click.echo()
-        click.echo(report.render_summary(state))
+        click.echo(report.render_summary(state, onlining))
+
+
+def _onlining_facts(sysfs, state) -> dict:
+    """Who onlines hot-added memory, and the daemon's own account when one runs (report.py words it)."""
+    from .. import paths
+    from ..core.onlining import onliner_description
+    from ..daemon import client
+    from ..daemon.protocol import Request
+    from ..daemon.target_store import TargetFileError, load_target
+
+    facts = {"daemon": None, "daemon_access": True, "stored_target_bytes": None}
+    try:
+        answer = client.ask(sysfs.root, Request("status"), timeout=STATUS_QUERY_TIMEOUT_S)
+        facts["daemon"] = answer["daemon"] if answer else None
+    except client.DaemonAccessDenied:
+        facts["daemon_access"] = False
+    except VmemError as exc:
+        click.echo(f"vmem-agent: warning: {exc}", err=True)
+    try:
+        stored = load_target(paths.state_dir(sysfs.root))
+        facts["stored_target_bytes"] = stored.target_bytes if stored else None
+    except TargetFileError as exc:
+        click.echo(f"vmem-agent: warning: {exc}", err=True)
+    daemon = facts["daemon"]
+    kernel = onliner_description(state.auto_online_blocks, sysfs.read_optional("proc/cmdline", limit=65536),
+                                 bool(daemon and daemon.get("onlining") == "kernel"))
+    if kernel:
+        facts["onlined_by"] = kernel
+    elif daemon:
+        facts["onlined_by"] = f"the vmem-agent daemon (pid {daemon['pid']})"
+    else:
+        facts["onlined_by"] = None
+    return facts
 
 
 class SizeType(click.ParamType):
@@ -211,32 +255,90 @@ def _run_options(sysfs, kw, dry_run=False):
 def _finish(ctx: click.Context, result, as_json: bool) -> None:
     from . import report
 
-    if as_json:
-        click.echo(report.render_json({"result": result.to_json()}))
-    else:
-        click.echo(report.render_run(result))
-    ctx.exit(result.exit_code)
+    _print_output(ctx, report.run_output(result), as_json)
+
+
+def _print_output(ctx: click.Context, output: dict, as_json: bool) -> None:
+    """Print a run's or plan's output dict, made here or by the daemon, and exit with its code."""
+    click.echo(output["json"] if as_json else output["text"])
+    ctx.exit(output["exit_code"])
+
+
+def _ask_daemon(ctx: click.Context, request, timeout: float):
+    """The daemon's output for `request`, or None when no daemon runs (then the command acts directly).
+
+    Options that tune a direct run are refused while a daemon runs: it plans and writes with
+    its own configuration, and silently ignoring them would be worse.
+    """
+    from ..daemon import client
+
+    if not client.running(ctx.obj["sysfs_root"]):
+        return None
+    given = [param.opts[0] for param in ctx.command.params
+             if param.name in DAEMON_CONFIGURED_OPTIONS
+             and ctx.get_parameter_source(param.name) in (click.core.ParameterSource.COMMANDLINE,
+                                                          click.core.ParameterSource.ENVIRONMENT)]
+    if given:
+        raise UsageError(f"{', '.join(given)}: a vmem-agent daemon runs and applies its own configuration "
+                         "(/etc/vmem-agent/config.toml); change it there, or stop the daemon for a one-off run")
+    output = client.ask(ctx.obj["sysfs_root"], request, timeout)
+    if output is None:
+        raise VmemError("the vmem-agent daemon stopped before it answered; nothing was asked of it")
+    return output
 
 
 # ignore_unknown_options: `-512M` is a relative size, not an unknown option.
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("size")
+@click.argument("size", required=False)
+@click.option("--clear", is_flag=True, help="Drop the target: the daemon onlines every hot-added block again.")
 @policy_options
 @write_options
 @click.option("--dry-run", is_flag=True, help="Plan and print, write nothing.")
 @click.pass_context
-def resize(ctx: click.Context, size: str, dry_run: bool, **kw) -> None:
+def resize(ctx: click.Context, size: str | None, clear: bool, dry_run: bool, **kw) -> None:
     """Bring online memory to SIZE (6G, 6GiB, 1.5G, 6442450944) or change it by +SIZE/-SIZE.
 
     Grows by onlining the lowest offline blocks (zone by the ratio rule), shrinks by
     offlining hot-plugged Movable blocks first, highest first; never boot memory and
     never below the reserve. Sizes are binary (G = GiB) and round up to whole blocks.
+    The target is stored: a running daemon holds it (the command then goes through the
+    daemon), and a daemon started later holds it too, also after a reboot.
     """
+    from ..daemon.protocol import Request
+
+    if (size is None) == (not clear):
+        raise UsageError("resize needs a SIZE or --clear (not both)")
+    if clear and dry_run:
+        raise UsageError("--clear has no --dry-run")
+    output = _ask_daemon(ctx, Request("resize", size=size, clear=clear, dry_run=dry_run), DAEMON_RUN_TIMEOUT_S)
+    if output is not None:
+        _print_output(ctx, output, kw["as_json"])
+    sysfs = _gateway(ctx)
+    if clear:
+        _store_target(sysfs.root, None)
+        output = {"text": "target cleared: a daemon started later onlines every hot-added block",
+                  "json": '{"message":"target cleared"}', "exit_code": EXIT_OK}
+        _print_output(ctx, output, kw["as_json"])
     from ..engine import runner as engine
 
-    sysfs = _gateway(ctx)
     result = engine.resize(sysfs, size, _run_options(sysfs, kw, dry_run))
+    if not dry_run:
+        _store_target(sysfs.root, result.target_bytes)
     _finish(ctx, result, kw["as_json"])
+
+
+def _store_target(sysfs_root: str, target_bytes: int | None) -> None:
+    """Persist a direct resize's target for the daemon (none runs now), as the daemon would."""
+    from .. import paths
+    from ..daemon.config import load_config
+    from ..daemon.target_store import StoredTarget, store_target
+
+    config_path = paths.default_config_path(sysfs_root)
+    try:
+        config_target = load_config(config_path, required=False).target_bytes if config_path else None
+    except VmemError:
+        config_target = None  # a broken config: the daemon will say so; the config's target then applies
+    store_target(paths.state_dir(sysfs_root), StoredTarget(target_bytes, config_target))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -246,18 +348,18 @@ def resize(ctx: click.Context, size: str, dry_run: bool, **kw) -> None:
 @click.pass_context
 def plan(ctx: click.Context, size: str, as_json: bool, **kw) -> None:
     """Show which blocks `resize SIZE` would change, in order, into which zone, and why."""
-    from . import report
-    from ..engine import runner as engine
+    from ..daemon.protocol import Request
 
-    sysfs = _gateway(ctx)
-    config = _policy_config(sysfs.kernel_params(), kw)
-    state, target, planned = engine.plan_resize(sysfs, size, engine.RunOptions(policy=config))
-    if as_json:
-        click.echo(report.render_json(report.plan_document(planned, target.note)))
-        return
-    if target.note:
-        click.echo(f"note: {target.note}")
-    click.echo(report.render_plan(planned, state.block_size))
+    output = _ask_daemon(ctx, Request("plan", size=size), STATUS_QUERY_TIMEOUT_S * 6)
+    if output is None:
+        from . import report
+        from ..engine import runner as engine
+
+        sysfs = _gateway(ctx)
+        config = _policy_config(sysfs.kernel_params(), kw)
+        state, target, planned = engine.plan_resize(sysfs, size, engine.RunOptions(policy=config))
+        output = report.plan_output(planned, state.block_size, target.note)
+    _print_output(ctx, output, as_json)
 
 
 @main.command()
@@ -290,3 +392,37 @@ def offline(ctx: click.Context, blocks_or_size: str, dry_run: bool, force: bool,
     sysfs = _gateway(ctx)
     result = engine.change_blocks(sysfs, "offline", blocks_or_size, _run_options(sysfs, kw, dry_run), force=force)
     _finish(ctx, result, kw["as_json"])
+
+
+@main.command()
+@click.option("--config", "config_path", default=None, metavar="PATH",
+              help="Configuration file (default: /etc/vmem-agent/config.toml; absent means built-in defaults).")
+@click.option("--check-config", is_flag=True, help="Check the configuration, print the effective values, and exit.")
+@click.pass_context
+def daemon(ctx: click.Context, config_path: str | None, check_config: bool) -> None:
+    """Run the agent as a service: online hot-added memory at once, hold the target, reload kdump.
+
+    Watches udev memory events and answers `status`, `plan` and `resize` on a control
+    socket under /run/vmem-agent. With no target every hot-added block is onlined (by the
+    kernel itself where it can do the same); with one, online memory is held at it.
+    Stops cleanly on SIGTERM, rereads the configuration on SIGHUP.
+    """
+    from .. import paths
+    from ..daemon.main import run_daemon
+
+    explicit = config_path is not None
+    path = config_path or paths.CONFIG_PATH
+    ctx.exit(run_daemon(ctx.obj["sysfs_root"], path, explicit, check_config, ctx.obj["verbose"]))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def reconcile(ctx: click.Context, as_json: bool) -> None:
+    """Ask the running daemon to rescan now and retry blocks that failed; print what it did."""
+    from ..daemon.protocol import Request
+
+    output = _ask_daemon(ctx, Request("reconcile"), DAEMON_RUN_TIMEOUT_S)
+    if output is None:
+        raise VmemError("no vmem-agent daemon is running for this root")
+    _print_output(ctx, output, as_json)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Callable, NamedTuple
 
-from ..core.model import BlockRange, MemoryState, group_ranges, origin_key
+from ..core.model import BlockRange, MemoryState, format_block_list, group_ranges, origin_key
 from ..core.sizes import format_size
 
 STATUS_SCHEMA_VERSION = 1
@@ -59,7 +59,7 @@ def _yes_no_unknown(value: bool | None, yes: str = "yes", no: str = "no") -> str
     return "unknown" if value is None else (yes if value else no)
 
 
-def render_summary(state: MemoryState) -> str:
+def render_summary(state: MemoryState, onlining: dict | None = None) -> str:
     params = state.params
     zones = ", ".join(f"{zone} {format_size(size)}" for zone, size in state.online_bytes_by_zone().items())
     nodes = ", ".join(
@@ -80,8 +80,30 @@ def render_summary(state: MemoryState) -> str:
         ("crash_hotplug:", _yes_no_unknown(state.crash_hotplug, "1 (kernel updates the crash image)", "0")),
         ("kdump loaded:", _yes_no_unknown(state.kexec_crash_loaded)),
     ]
+    if onlining is not None:
+        pairs.extend(_onlining_pairs(onlining))
     width = max(len(label) for label, _ in pairs)
     return "\n".join(f"{label:<{width}} {value}" for label, value in pairs)
+
+
+def _onlining_pairs(onlining: dict) -> list[tuple[str, str]]:
+    """`Onlined by:` and `Daemon:` lines from the facts cli.commands gathers."""
+    daemon = onlining.get("daemon")
+    onlined_by = onlining.get("onlined_by") or "nobody: hot-added memory stays offline until onlined by hand"
+    if daemon:
+        mode = "no target, every hot-added block is onlined" if daemon.get("target_bytes") is None else (
+            f"target {format_size(daemon['target_bytes'])}")
+        job = daemon.get("job")
+        busy = f", {job['kind']} job running for {job['seconds']:g}s" if job else ""
+        failed = daemon.get("blocks_failed") or []
+        failing = f", blocks {format_block_list(failed)} failed (retried at the next reconcile)" if failed else ""
+        daemon_text = f"running (pid {daemon['pid']}), {mode}{busy}{failing}"
+    elif not onlining.get("daemon_access", True):
+        daemon_text = "running (its socket is not accessible to this user)"
+    else:
+        stored = onlining.get("stored_target_bytes")
+        daemon_text = "not running" + (f" (target {format_size(stored)} stored for it)" if stored else "")
+    return [("Onlined by:", onlined_by), ("Daemon:", daemon_text)]
 
 
 def _blocks_json(blocks, legacy: bool) -> str:
@@ -108,9 +130,10 @@ def _blocks_json(blocks, legacy: bool) -> str:
     return "[" + ",".join(parts) + "]"
 
 
-def status_document(state: MemoryState) -> dict:
+def status_document(state: MemoryState, onlining: dict | None = None) -> dict:
     """The `status --json` document but its `blocks` array (see render_status_json)."""
     params = state.params
+    onlining = onlining or {}
     return {
         "memory": {
             "schema_version": STATUS_SCHEMA_VERSION,
@@ -141,6 +164,9 @@ def status_document(state: MemoryState) -> dict:
                 for rng in group_ranges(state.blocks)
             ],
             "warnings": list(state.warnings),
+            "onlined_by": onlining.get("onlined_by"),
+            "daemon": onlining.get("daemon"),
+            "stored_target_bytes": onlining.get("stored_target_bytes"),
         }
     }
 
@@ -150,9 +176,9 @@ def render_json(document: dict) -> str:
     return json.dumps(document, separators=(",", ":"))
 
 
-def render_status_json(state: MemoryState, legacy: bool = False) -> str:
+def render_status_json(state: MemoryState, legacy: bool = False, onlining: dict | None = None) -> str:
     """`status --json`: the document with the pre-encoded `blocks` array spliced in last."""
-    head = render_json(status_document(state))
+    head = render_json(status_document(state, onlining))
     assert head.endswith("}}")
     return f'{head[:-2]},"blocks":{_blocks_json(state.blocks, legacy)}}}}}'
 
@@ -243,3 +269,17 @@ def render_run(result) -> str:
     if result.kdump is not None:
         lines.append(f"kdump: {result.kdump.action} ({result.kdump.reason})")
     return "\n".join(lines)
+
+
+def plan_output(plan, block_size: int, target_note: str | None) -> dict:
+    """`plan`'s output as text, as JSON text, and its exit code: what the CLI prints, whether
+    the plan was made here or by the daemon (which sends this dict over its socket)."""
+    text = render_plan(plan, block_size)
+    if target_note:
+        text = f"note: {target_note}\n{text}"
+    return {"text": text, "json": render_json(plan_document(plan, target_note)), "exit_code": 0}
+
+
+def run_output(result) -> dict:
+    """A resize/online/offline run's output, likewise for direct runs and the daemon's."""
+    return {"text": render_run(result), "json": render_json({"result": result.to_json()}), "exit_code": result.exit_code}

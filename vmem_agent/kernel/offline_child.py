@@ -24,8 +24,8 @@ WRITER_KILL_GRACE_S = 5.0
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _die_with_parent(parent: int) -> None:
-    """In an offline writer: be sent SIGTERM if the agent dies, even by SIGKILL.
+def die_with_parent(parent: int) -> None:
+    """In a writer child: be sent SIGTERM if the agent dies, even by SIGKILL.
 
     A writer left behind would keep the block going-offline and the kernel's device
     hotplug lock held, and keep the agent's lock file locked through the inherited fd.
@@ -54,7 +54,7 @@ class OfflineChild:
                 os.close(read_end)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                _die_with_parent(parent)
+                die_with_parent(parent)
                 try:
                     report = "ok " + sysfs.write_block_state(index, "offline")
                 except SysfsError as exc:
