@@ -392,3 +392,51 @@ def test_a_bad_config_at_start_exits_78_without_writing(fake_kernel, start_daemo
     daemon = start_daemon(fake_kernel, 'zone = "fast"\n', wait_ready=False)
     assert daemon.process.wait(30) == 78
     assert state_writes(fake_kernel) == [] and kernel_settings(fake_kernel) == ('offline', 'contig-zones')
+
+
+HOSTILE_REQUESTS = [
+    b'\n', b'{}\n', b'null\n', b'"status"\n', b'{"version":1}\n', b'{"version":"1","command":"status"}\n',
+    b'{"version":1,"command":"status"}' * 100 + b'\n', b'{"version":1,"command":"plan","size":"1e9999G"}\n',
+    b'{"version":1,"command":"plan","size":"99999999999999999999P"}\n', b'{"version":1,"command":"plan","size":"\xff"}\n',
+    b'{"version":1,"command":"resize","size":"0"}\n', b'{"version":1,"command":"resize","size":"-99T"}\n',
+    b'{"version":1,"command":"plan","size":"NaN"}\n', b'{"version":1,"command":"plan","size":"inf"}\n',
+    b'\x00\x01\x02\n', b'[' * 10000 + b'\n', b'{"a":' * 5000 + b'\n', b'{"version":1,"command":"status","version":2}\n',
+]
+
+
+@pytest.mark.fake_kernel(VM)
+def test_generated_hostile_requests_never_stop_the_daemon(fake_kernel, start_daemon):
+    """150 hostile lines, each on its own connection: every reply is one JSON error or result, and
+    the daemon keeps answering status throughout."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    daemon = start_daemon(fake_kernel)
+    root = str(fake_kernel.root)
+    replies = []
+
+    def send(line: bytes) -> None:
+        raw = raw_exchange(root, line)
+        document = json.loads(raw)
+        assert raw.endswith(b'\n') and raw.count(b'\n') == 1
+        assert document['version'] == 1 and isinstance(document['ok'], bool)
+        replies.append(document)
+
+    for line in HOSTILE_REQUESTS:
+        send(line)
+    fields = st.dictionaries(st.sampled_from(['version', 'command', 'size', 'clear', 'dry_run', 'x']),
+                             st.none() | st.booleans() | st.integers() | st.text(max_size=12) |
+                             st.sampled_from(['status', 'plan', 'resize', 'reconcile', 1, '6G', '-1G']), max_size=5)
+
+    @settings(max_examples=132, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.one_of(fields.map(lambda d: json.dumps(d).encode()), st.binary(max_size=300).filter(lambda b: b'\n' not in b)))
+    def hostile(line):
+        if b'"resize"' in line or b'"reconcile"' in line:
+            return  # valid ones would change memory or wait for a job: not what this test is about
+        send(line + b'\n')
+
+    hostile()
+    assert len(replies) >= 100
+    assert sum(1 for reply in replies if not reply['ok']) >= 90
+    assert daemon.status()['pid'] == daemon.process.pid
+    assert online_blocks(fake_kernel) == set(BOOT) | set(DIMMS)
