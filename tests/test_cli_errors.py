@@ -20,4 +20,4 @@ def test_unexpected_exception_is_one_line_without_traceback(monkeypatch, tmp_pat
 
 def test_usage_errors_keep_clicks_exit_code(tmp_path):
     result = CliRunner().invoke(cli.main, ["--sysfs-root", str(tmp_path), "resize"])
-    assert result.exit_code == 2 and "Missing argument 'SIZE'" in result.output
+    assert result.exit_code == 2 and "resize needs a SIZE or --clear" in result.output

@@ -29,7 +29,7 @@ from tests.fake_cli import (
     BLOCK, BOOT, BUSY_ATTEMPTS, DIMMS, VM, agent, one_line_error, online_blocks, result_of, state_writes)
 from tests.fakesysfs import GiB, MiB, TreeSpec
 from tests.helpers import agent_command
-from vmem_agent.engine.lock import default_lock_path
+from vmem_agent.paths import lock_path as default_lock_path
 
 VM_CRASH_HOTPLUG_1 = TreeSpec.vm(boot_gib=2, dimm_gib=(0.5, 0.5), crash_hotplug=1)
 VM_CRASH_HOTPLUG_0 = TreeSpec.vm(boot_gib=2, dimm_gib=(0.5, 0.5), crash_hotplug=0)

@@ -19,7 +19,7 @@ import pytest
 from tests.daemon_harness import DaemonProcess
 from tests.fake_cli import BOOT, DIMMS, VM, agent, state_writes
 from vmem_agent import paths
-from vmem_agent.daemon.protocol import MAX_REQUEST_BYTES, Request
+from vmem_agent.daemon.protocol import MAX_REQUEST_BYTES
 from vmem_agent.daemon.target_store import load_target
 
 GIB = 1 << 30

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from vmem_agent.errors import EXIT_BUSY, LockBusyError
-from vmem_agent.engine.lock import WriterLock, default_lock_path
+from vmem_agent.engine.lock import WriterLock
+from vmem_agent.paths import lock_path as default_lock_path
 
 
 def test_second_holder_gets_busy_with_pid(tmp_path):

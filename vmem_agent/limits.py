@@ -1,10 +1,16 @@
-"""Default deadlines of a writing run, in one dependency-free module.
+"""Defaults and the vocabulary of settings, in one dependency-free module.
 
-The CLI shows them as option defaults without importing the executor (and tenacity)
-at start-up; the executor and engine use the same values.
+The CLI shows them as option defaults and the daemon checks its config file against
+them without importing the policy, the executor or tenacity (start-up time, and the
+daemon's resident memory); the engine and the policy use the same values.
 """
 
 # Offline writes that do not return by then are interrupted (the kernel returns EINTR).
 OFFLINE_BLOCK_TIMEOUT_S = 30.0
 # The whole resize/online/offline run.
 RESIZE_TIMEOUT_S = 600.0
+
+ZONE_MODES = ("auto", "movable", "normal")
+DEFAULT_MOVABLE_RATIO = 301  # the kernel's auto_movable_ratio default
+# When to reload kdump after a change: "auto" only if a crash kernel is loaded, "always", or "never".
+KDUMP_MODES = ("auto", "always", "never")

@@ -8,8 +8,8 @@ share a lock or a daemon, and nothing of theirs lands in the production paths.
 
 from __future__ import annotations
 
-import hashlib
 import os
+import zlib
 
 CONFIG_PATH = "/etc/vmem-agent/config.toml"
 RUNTIME_DIR = "/run/vmem-agent"
@@ -29,11 +29,14 @@ def default_config_path(sysfs_root: str) -> str | None:
 
 
 def runtime_dir(sysfs_root: str) -> str:
-    """/run/vmem-agent for the real root; /run/vmem-agent-<hash of the root> for any other."""
+    """/run/vmem-agent for the real root; /run/vmem-agent-<CRC-32 of the root> for any other.
+
+    (CRC-32, not a cryptographic hash: hashlib would load OpenSSL, 3.7 MiB of the daemon's
+    resident memory, to name test directories.)
+    """
     if _is_production(sysfs_root):
         return RUNTIME_DIR
-    digest = hashlib.sha1(os.path.abspath(sysfs_root).encode()).hexdigest()[:12]
-    return f"{RUNTIME_DIR}-{digest}"
+    return f"{RUNTIME_DIR}-{zlib.crc32(os.path.abspath(sysfs_root).encode()):08x}"
 
 
 def lock_path(sysfs_root: str) -> str:

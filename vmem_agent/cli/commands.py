@@ -13,7 +13,7 @@ import click
 from ..errors import (
     EXIT_BUSY, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, EXIT_UNSUPPORTED, EXIT_USAGE, UsageError, VmemError,
 )
-from ..limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
+from ..limits import KDUMP_MODES, OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S, ZONE_MODES
 
 STATUS_QUERY_TIMEOUT_S = 5.0  # the daemon answers status from its loop at once
 DAEMON_RUN_TIMEOUT_S = 3600.0  # a resize through the daemon: its own deadlines end the run long before
@@ -176,7 +176,7 @@ class SizeType(click.ParamType):
 def policy_options(command):
     """Options shared by the commands that plan: zone choice and the offline floor."""
     options = [
-        click.option("--zone", type=click.Choice(["auto", "movable", "normal"]), default="auto", show_default=True,
+        click.option("--zone", type=click.Choice(ZONE_MODES), default="auto", show_default=True,
                      envvar="VMEM_AGENT_ZONE",
                      help="auto: Movable while the ratio rule allows, else Normal; movable/normal: force the zone."),
         click.option("--movable-ratio", type=click.IntRange(min=0), default=None, metavar="PERCENT",
@@ -205,7 +205,7 @@ def write_options(command):
                      help="Wait this long for another vmem-agent writer to finish instead of failing at once."),
         click.option("--lock-file", default=None, envvar="VMEM_AGENT_LOCK_FILE", metavar="PATH",
                      help="Lock file (default: /run/vmem-agent/lock, or one per --sysfs-root)."),
-        click.option("--kdump", "kdump_mode", type=click.Choice(["auto", "always", "never"]), default="auto",
+        click.option("--kdump", "kdump_mode", type=click.Choice(KDUMP_MODES), default="auto",
                      show_default=True, envvar="VMEM_AGENT_KDUMP",
                      help="Reload kdump after a change: auto = only if a crash kernel is loaded and the kernel "
                           "does not update it itself (crash_hotplug)."),
@@ -221,15 +221,9 @@ def write_options(command):
 
 def _policy_config(state_params, kw):
     """PolicyConfig from the policy options; unset ratio settings follow the kernel's."""
-    from ..core.policy import DEFAULT_MOVABLE_RATIO, PolicyConfig
+    from ..engine.settings import policy_config
 
-    movable_ratio = kw["movable_ratio"]
-    if movable_ratio is None:
-        kernel_ratio = state_params.auto_movable_ratio
-        movable_ratio = DEFAULT_MOVABLE_RATIO if kernel_ratio is None else kernel_ratio
-    numa_aware = state_params.auto_movable_numa_aware if state_params.auto_movable_numa_aware is not None else True
-    return PolicyConfig(zone_mode=kw["zone"], movable_ratio=movable_ratio, numa_aware=numa_aware,
-                        reserve_bytes=kw["reserve"], min_online_bytes=kw["min_online"])
+    return policy_config(kw["zone"], kw["movable_ratio"], kw["reserve"], kw["min_online"], state_params)
 
 
 def _run_options(sysfs, kw, dry_run=False):

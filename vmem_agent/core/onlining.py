@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..limits import DEFAULT_MOVABLE_RATIO
 from .model import KernelParams
 
 AUTO_ONLINE_OFFLINE = "offline"
@@ -24,6 +25,13 @@ CMDLINE_DEFAULT_STATE = "memhp_default_state"
 ONLINE_POLICY = "sys/module/memory_hotplug/parameters/online_policy"
 AUTO_MOVABLE_RATIO = "sys/module/memory_hotplug/parameters/auto_movable_ratio"
 AUTO_ONLINE_BLOCKS = "sys/devices/system/memory/auto_online_blocks"
+
+
+def movable_ratio_for(configured: int | None, params: KernelParams) -> int:
+    """The ratio the zone rule uses: the configured one, else the kernel's auto_movable_ratio, else 301."""
+    if configured is not None:
+        return configured
+    return params.auto_movable_ratio if params.auto_movable_ratio is not None else DEFAULT_MOVABLE_RATIO
 
 
 def cmdline_value(cmdline: str | None, name: str) -> str | None:

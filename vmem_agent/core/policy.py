@@ -62,10 +62,9 @@ from .model import (
     MemoryState,
     format_block_list,
 )
+from ..limits import DEFAULT_MOVABLE_RATIO, ZONE_MODES
 from .sizes import format_size
 
-ZONE_MODES = ("auto", "movable", "normal")
-DEFAULT_MOVABLE_RATIO = 301  # the kernel's auto_movable_ratio default
 MIN_RESERVE_BYTES = 256 << 20
 RESERVE_PERCENT_OF_TOTAL = 5
 KERNEL_AUTO_MOVABLE = "auto-movable"

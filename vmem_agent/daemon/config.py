@@ -15,11 +15,9 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..core.policy import ZONE_MODES
 from ..core.sizes import format_size, parse_size
-from ..engine.kdump import RELOAD_MODES
 from ..errors import ConfigError, UsageError
-from ..limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
+from ..limits import KDUMP_MODES, OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S, ZONE_MODES
 
 CONFIG_MAX_BYTES = 1 << 20
 RECONCILE_INTERVAL_S = 60.0
@@ -153,7 +151,7 @@ KEYS: tuple[Key, ...] = (
     Key("event_source", "event_source", _choice(EVENT_SOURCES), '"kernel"',
         "kernel: listen to the kernel's uevents directly (no dependency on udevd's queue); "
         "udev: listen to events after udevd processed them."),
-    Key("kdump", "kdump", _choice(RELOAD_MODES), '"auto"',
+    Key("kdump", "kdump", _choice(KDUMP_MODES), '"auto"',
         "Reload kdump after memory changed: auto = only if a crash kernel is loaded and the kernel does not "
         "update it itself (crash_hotplug)."),
     Key("kdump_command", "kdump_command", _command, '"kdumpctl reload"',

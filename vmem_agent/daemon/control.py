@@ -47,6 +47,7 @@ class Connection:
         self.inbox = bytearray()
         self.outbox = b""
         self.deadline = deadline  # None while the reply waits for a job
+        self.watched = False  # registered in the selector
         self.closed = False
 
     def __repr__(self) -> str:
@@ -124,7 +125,7 @@ class ControlServer:
                 self._refuse(connection, PERMISSION_DENIED, "only root or the configured socket_group may use the daemon")
                 continue
             self.connections.add(connection)
-            self.selector.register(sock, selectors.EVENT_READ, lambda mask, c=connection: self._readable(c))
+            self._watch(connection, selectors.EVENT_READ, self._readable)
 
     def _refuse(self, connection: Connection, code: str, message: str) -> None:
         try:
@@ -151,7 +152,10 @@ class ControlServer:
                 log.warning("control socket: %r sent more than %d bytes without a newline", connection, MAX_REQUEST_BYTES)
                 self.reply(connection, error_reply(TOO_LARGE, f"request larger than {MAX_REQUEST_BYTES} bytes", EXIT_USAGE))
             return
-        self.selector.modify(connection.sock, selectors.EVENT_READ, lambda mask, c=connection: self._after_request(c))
+        # Whole: nothing more is read until the reply is sent. A client that half-closes
+        # (shutdown SHUT_WR) still gets its reply; one that went away makes the send fail.
+        self.selector.unregister(connection.sock)
+        connection.watched = False
         try:
             request = parse_request(bytes(connection.inbox[:end]))
         except ProtocolError as exc:
@@ -164,24 +168,21 @@ class ControlServer:
         if answer is not None:
             self.reply(connection, answer)
 
-    def _after_request(self, connection: Connection) -> None:
-        """Readable again after the request: EOF (the client gave up) or unwanted extra bytes."""
-        try:
-            chunk = connection.sock.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._close(connection)
-
     def reply(self, connection: Connection, data: bytes) -> None:
         if connection.closed:
             return
         connection.outbox = data
         connection.deadline = self.clock() + WRITE_TIMEOUT_S
-        self.selector.modify(connection.sock, selectors.EVENT_WRITE, lambda mask, c=connection: self._writable(c))
+        self._watch(connection, selectors.EVENT_WRITE, self._writable)
         self._writable(connection)
+
+    def _watch(self, connection: Connection, events: int, callback) -> None:
+        handler = lambda mask, c=connection: callback(c)  # noqa: E731
+        if connection.watched:
+            self.selector.modify(connection.sock, events, handler)
+        else:
+            self.selector.register(connection.sock, events, handler)
+            connection.watched = True
 
     def _writable(self, connection: Connection) -> None:
         try:
@@ -203,7 +204,7 @@ class ControlServer:
         except OSError:
             self._close(connection)
             return
-        self.selector.modify(connection.sock, selectors.EVENT_READ, lambda mask, c=connection: self._discard(c))
+        self._watch(connection, selectors.EVENT_READ, self._discard)
 
     def _discard(self, connection: Connection) -> None:
         try:
@@ -236,10 +237,8 @@ class ControlServer:
             return
         connection.closed = True
         self.connections.discard(connection)
-        try:
+        if connection.watched:
             self.selector.unregister(connection.sock)
-        except (KeyError, ValueError):
-            pass
         connection.sock.close()
 
     def close(self, farewell: bytes | None = None) -> None:

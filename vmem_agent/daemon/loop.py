@@ -29,10 +29,8 @@ from typing import Callable
 
 from .. import paths
 from ..core.model import OFFLINE, ONLINE, MemoryState, format_block_list
-from ..core.onlining import kernel_onlining_plan, onliner_description
-from ..core.policy import DEFAULT_MOVABLE_RATIO, PolicyConfig
-from ..core.sizes import format_size
-from ..engine.kdump import KdumpConfig
+from ..core.onlining import kernel_onlining_plan, movable_ratio_for, onliner_description
+from ..core.sizes import format_size, parse_size, resolve_target
 from ..errors import EXIT_BUSY, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, VmemError
 from ..kernel.sysfs import Sysfs
 from .children import WriterChild
@@ -50,6 +48,7 @@ KERNEL_ONLINING_GRACE_S = 1.0  # when the kernel onlines, give it this long befo
 KDUMP_SETTLE_S = 1.0  # quiet time after the last memory change before kdump is reloaded
 LOCK_RETRY_S = 1.0  # another writer (a CLI run) holds the lock: try again after this
 ERROR_RETRY_S = 10.0  # a snapshot failed: try again after this
+MAX_QUERIES = 4  # plans and dry runs being made at once, each in a child of its own
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 
@@ -92,6 +91,7 @@ class Daemon:
         self.job_events: set[tuple[int, str]] = set()
         self.expected_events: set[tuple[int, str]] = set()
         self.requests: deque[tuple[Connection, Request]] = deque()
+        self.queries: dict[WriterChild, Connection] = {}
         self.reconcile_waiters: list[Connection] = []
         # kdump
         self.kdump_pending = False
@@ -147,11 +147,12 @@ class Daemon:
             log.info("stopped")
 
     def _stop_children(self) -> None:
-        for child in (self.job, self.reload):
+        for child in (self.job, self.reload, *self.queries):
             if child is not None:
                 child.stop()
                 log.info("%s child %d stopped: %s", child.kind, child.pid, (child.result or {}).get("error", "done"))
         self.job = self.reload = None
+        self.queries.clear()
 
     def _load_target(self) -> None:
         try:
@@ -167,7 +168,7 @@ class Daemon:
         plan = None
         if self.target is None and self.config.kernel_onlining == "auto":
             params = self.sysfs.kernel_params()
-            plan = kernel_onlining_plan(self.config.zone, self._movable_ratio(params), params,
+            plan = kernel_onlining_plan(self.config.zone, movable_ratio_for(self.config.movable_ratio, params), params,
                                         self.sysfs.auto_online_blocks(), self.cmdline)
         if plan is not None and plan.settings:
             problem = self.kernel_onlining.engage(plan.settings)
@@ -268,7 +269,7 @@ class Daemon:
             self.stopping = True
             return
         if signal.SIGCHLD in pending:
-            for child in (self.job, self.reload):
+            for child in (self.job, self.reload, *self.queries):
                 if child is not None and child.reap():
                     self._child_done(child)
         if signal.SIGHUP in pending:
@@ -328,18 +329,17 @@ class Daemon:
     # -- control requests ------------------------------------------------------------------------
 
     def _on_request(self, connection: Connection, request: Request) -> bytes | None:
-        """Answer now (status, plan, dry runs) or queue a job whose result is the answer."""
-        try:
-            if request.command == "status":
-                return ok_reply({"daemon": self.status()})
-            if request.command == "plan":
-                return ok_reply(self._plan(request.size))
-            if request.command == "resize" and request.dry_run and not request.clear:
-                return ok_reply(self._dry_run(request.size))
-        except UsageError as exc:
-            return error_reply(USAGE, str(exc), EXIT_USAGE)
-        except VmemError as exc:
-            return error_reply(FAILED, str(exc), exc.exit_code)
+        """Answer now (status), soon (plans and dry runs, made in a child), or after a job."""
+        if request.command == "status":
+            return ok_reply({"daemon": self.status()})
+        if request.command == "plan" or (request.command == "resize" and request.dry_run):
+            if len(self.queries) >= MAX_QUERIES:
+                return error_reply(BUSY, f"{MAX_QUERIES} plans are being made already; ask again", EXIT_BUSY)
+            task = (_plan_task if request.command == "plan" else _dry_run_task)(self.sysfs, self.config, request.size)
+            child = WriterChild(request.command, task, self._descriptors())
+            self.queries[child] = connection
+            self.selector.register(child.fd, selectors.EVENT_READ, lambda mask, c=child: self._child_readable(c))
+            return None
         if request.command == "reconcile":
             self.reconcile_waiters.append(connection)
             self._mark_dirty(self.clock(), retry=True)
@@ -347,23 +347,8 @@ class Daemon:
         self.requests.append((connection, request))
         return None
 
-    def _plan(self, size: str) -> dict:
-        from ..cli import report
-        from ..engine import runner
-
-        state, target, plan = runner.plan_resize(self.sysfs, size, runner.RunOptions(policy=self._policy(state_params=None)))
-        return report.plan_output(plan, state.block_size, target.note)
-
-    def _dry_run(self, size: str) -> dict:
-        from ..cli import report
-        from ..engine import runner
-
-        return report.run_output(runner.resize(self.sysfs, size, self._run_options(dry_run=True)))
-
     def _start_request_job(self, connection: Connection, request: Request) -> None:
         """A resize: resolve and persist the new target first, then run it like a direct resize."""
-        from ..engine import runner
-
         if connection.closed:
             return
         try:
@@ -371,7 +356,8 @@ class Daemon:
                 new_target, size_text = None, None
             else:
                 state = self.sysfs.snapshot()
-                new_target = runner.resolve_resize_target(state, request.size).bytes
+                present = state.block_size * len(state.blocks)
+                new_target = resolve_target(parse_size(request.size), state.online_bytes, state.block_size, present).bytes
                 size_text = request.size
             self.stored = StoredTarget(new_target, self.config.target_bytes)
             store_target(self.state_dir, self.stored)
@@ -394,9 +380,9 @@ class Daemon:
             if not indexes:
                 self.control.reply(connection, ok_reply(_message_output(f"target cleared: {self._status_line(state)}")))
                 return
-            self._start_job("resize", _online_task(self.sysfs, indexes, self._run_options()), (connection, request))
+            self._start_job("resize", _online_task(self.sysfs, self.config, indexes), (connection, request))
             return
-        self._start_job("resize", _resize_task(self.sysfs, size_text, self._run_options()), (connection, request))
+        self._start_job("resize", _resize_task(self.sysfs, self.config, size_text), (connection, request))
 
     # -- deciding and running jobs ---------------------------------------------------------------
 
@@ -417,10 +403,10 @@ class Daemon:
             if self.target is None:
                 indexes = self._blocks_to_online(state)
                 if indexes:
-                    job = _online_task(self.sysfs, indexes, self._run_options())
+                    job = _online_task(self.sysfs, self.config, indexes)
             elif self._target_reachable(state):
                 reachable = min(self.target, state.block_size * len(state.blocks))  # memory may have been unplugged
-                job = _resize_task(self.sysfs, str(reachable), self._run_options())
+                job = _resize_task(self.sysfs, self.config, str(reachable))
         if job is not None:
             self._start_job("hold", job, None)
             return
@@ -469,11 +455,8 @@ class Daemon:
         log.info("%s job started (writer pid %d)", kind, self.job.pid)
 
     def _start_reload(self) -> None:
-        from ..engine.kdump import reload_after_change
-
         self.kdump_pending = False
-        sysfs, config = self.sysfs, self._kdump_config()
-        self.reload = WriterChild("kdump", lambda: reload_after_change(sysfs, config).to_json(), self._descriptors())
+        self.reload = WriterChild("kdump", _kdump_task(self.sysfs, self.config), self._descriptors())
         self.selector.register(self.reload.fd, selectors.EVENT_READ, lambda mask, child=self.reload: self._child_readable(child))
 
     def _descriptors(self) -> list[int]:
@@ -493,6 +476,10 @@ class Daemon:
             self.reload = None
             self._kdump_done(child.result)
             return
+        if child in self.queries:
+            connection = self.queries.pop(child)
+            self.control.reply(connection, _reply_for(child.result))
+            return
         self.job = None
         request, self.job_request = self.job_request, None
         document = child.result or {}
@@ -500,8 +487,6 @@ class Daemon:
             output = document["result"]
             run = output.get("run") or {}
             self._record_run(child.kind, run, now)
-            if request is not None:
-                self.control.reply(request[0], ok_reply(output))
         else:
             message = document.get("error", "failed")
             exit_code = document.get("exit_code", EXIT_FAILURE)
@@ -512,8 +497,8 @@ class Daemon:
                 self.retry_at = now + LOCK_RETRY_S
             else:
                 self.paused = True
-            if request is not None:
-                self.control.reply(request[0], error_reply(BUSY if busy else FAILED, message, exit_code))
+        if request is not None:
+            self.control.reply(request[0], _reply_for(document))
         for connection in self.reconcile_waiters:
             self.control.reply(connection, ok_reply(document.get("result") or _message_output(document.get("error", ""))))
         self.reconcile_waiters.clear()
@@ -552,30 +537,6 @@ class Daemon:
         level = logging.WARNING if outcome.get("action") == "failed" else logging.INFO
         log.log(level, "kdump reload %s: %s", outcome.get("action"), outcome.get("reason"))
 
-    # -- settings for the engine ----------------------------------------------------------------
-
-    def _movable_ratio(self, params) -> int:
-        if self.config.movable_ratio is not None:
-            return self.config.movable_ratio
-        return params.auto_movable_ratio if params.auto_movable_ratio is not None else DEFAULT_MOVABLE_RATIO
-
-    def _policy(self, state_params) -> PolicyConfig:
-        params = state_params or self.sysfs.kernel_params()
-        return PolicyConfig(
-            zone_mode=self.config.zone, movable_ratio=self._movable_ratio(params),
-            numa_aware=params.auto_movable_numa_aware if params.auto_movable_numa_aware is not None else True,
-            reserve_bytes=self.config.reserve_bytes, min_online_bytes=self.config.min_online_bytes,
-        )
-
-    def _kdump_config(self) -> KdumpConfig:
-        return KdumpConfig(mode=self.config.kdump, command=self.config.kdump_command)
-
-    def _run_options(self, dry_run: bool = False):
-        from ..engine.runner import RunOptions
-
-        return RunOptions(policy=self._policy(None), kdump=self._kdump_config(), block_timeout=self.config.block_timeout,
-                          timeout=self.config.timeout, dry_run=dry_run)
-
     # -- reporting -----------------------------------------------------------------------------
 
     def _mode_text(self) -> str:
@@ -592,10 +553,7 @@ class Daemon:
         return ", ".join(part for part in parts if part)
 
     def status(self) -> dict:
-        import psutil
-
-        process = psutil.Process()
-        cpu = process.cpu_times()
+        cpu = os.times()
         return {
             "pid": os.getpid(),
             "started": self.started_at,
@@ -616,35 +574,83 @@ class Daemon:
             "kdump": {"pending": self.kdump_pending, "reloading": self.reload is not None, "last": self.last_kdump},
             "uevents": {"source": self.config.event_source, "received": self.events.received, "lost": self.events.losses},
             "counters": dict(self.counters),
-            "rss_bytes": process.memory_info().rss,
+            "rss_bytes": _resident_bytes(),
             "cpu_seconds": round(cpu.user + cpu.system, 3),
             "warnings": list(self.warnings),
         }
 
 
-# -- jobs: what a writer child runs ------------------------------------------------------------------
+# -- what writer children run: the engine is imported there, never in the daemon itself ---------------
 
 
-def _resize_task(sysfs: Sysfs, size_text: str, options) -> Callable[[], dict]:
+def _run_task(sysfs: Sysfs, config: DaemonConfig, run: Callable, dry_run: bool = False) -> Callable[[], dict]:
+    """A task that calls `run(runner, options)` in the child and returns its output and result."""
+
     def task() -> dict:
         from ..cli import report
         from ..engine import runner
+        from ..engine.settings import daemon_run_options
 
-        result = runner.resize(sysfs, size_text, options)
+        result = run(runner, daemon_run_options(config, sysfs.kernel_params(), dry_run))
         return {**report.run_output(result), "run": result.to_json()}
 
     return task
 
 
-def _online_task(sysfs: Sysfs, indexes: list[int], options) -> Callable[[], dict]:
+def _resize_task(sysfs: Sysfs, config: DaemonConfig, size_text: str) -> Callable[[], dict]:
+    return _run_task(sysfs, config, lambda runner, options: runner.resize(sysfs, size_text, options))
+
+
+def _dry_run_task(sysfs: Sysfs, config: DaemonConfig, size_text: str) -> Callable[[], dict]:
+    return _run_task(sysfs, config, lambda runner, options: runner.resize(sysfs, size_text, options), dry_run=True)
+
+
+def _online_task(sysfs: Sysfs, config: DaemonConfig, indexes: list[int]) -> Callable[[], dict]:
+    blocks = format_block_list(indexes)
+    return _run_task(sysfs, config, lambda runner, options: runner.change_blocks(sysfs, "online", blocks, options))
+
+
+def _plan_task(sysfs: Sysfs, config: DaemonConfig, size_text: str) -> Callable[[], dict]:
     def task() -> dict:
         from ..cli import report
         from ..engine import runner
+        from ..engine.settings import daemon_run_options
 
-        result = runner.change_blocks(sysfs, "online", format_block_list(indexes), options)
-        return {**report.run_output(result), "run": result.to_json()}
+        options = daemon_run_options(config, sysfs.kernel_params())
+        state, target, plan = runner.plan_resize(sysfs, size_text, options)
+        return report.plan_output(plan, state.block_size, target.note)
 
     return task
+
+
+def _kdump_task(sysfs: Sysfs, config: DaemonConfig) -> Callable[[], dict]:
+    def task() -> dict:
+        from ..engine.kdump import KdumpConfig, reload_after_change
+
+        return reload_after_change(sysfs, KdumpConfig(mode=config.kdump, command=config.kdump_command)).to_json()
+
+    return task
+
+
+def _reply_for(document: dict | None) -> bytes:
+    """A child's result as the socket's reply: its output, or its error with the exit code a direct run has."""
+    document = document or {}
+    if document.get("ok"):
+        return ok_reply(document["result"])
+    exit_code = document.get("exit_code", EXIT_FAILURE)
+    code = USAGE if exit_code == EXIT_USAGE else BUSY if exit_code == EXIT_BUSY else FAILED
+    if document.get("terminated"):
+        code = STOPPING
+    return error_reply(code, document.get("error", "failed"), exit_code)
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory, from /proc/self/statm (psutil would cost more than it measures)."""
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _message_output(text: str) -> dict:

@@ -25,8 +25,6 @@ KNOWN_RELOAD_COMMANDS: tuple[tuple[str, ...], ...] = (
     ("systemctl", "try-restart", "kdump.service"),  # anything else with a kdump unit
 )
 
-# When to reload: "auto" only if a crash kernel is loaded, "always", or "never".
-RELOAD_MODES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)

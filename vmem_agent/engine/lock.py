@@ -14,7 +14,6 @@ import os
 import time
 
 from ..errors import LockBusyError, VmemError
-from ..paths import lock_path as default_lock_path
 
 LOCK_POLL_INTERVAL_S = 0.1
 

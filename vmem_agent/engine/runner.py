@@ -26,7 +26,8 @@ from .executor import (
 )
 from .kdump import KdumpConfig, reload_after_change
 from ..limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
-from .lock import WriterLock, default_lock_path
+from ..paths import lock_path as default_lock_path
+from .lock import WriterLock
 from ..core.model import MemoryState
 from ..core.sizes import format_size, parse_size, resolve_target
 

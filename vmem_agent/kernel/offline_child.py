@@ -15,7 +15,7 @@ import signal
 import time
 
 from ..errors import OfflineTimeoutError, SysfsError, sysfs_error
-from .sysfs import MEMORY_DIR, Sysfs
+from .sysfs import Sysfs
 
 # After SIGTERM, how long an offline writer may take to leave the kernel before
 # SIGKILL, and how long after SIGKILL before it is left behind.
