@@ -9,12 +9,18 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .model import FakeKernelError
+from .netlink import entered_network_namespace
 from .spec import Group, OfflineBehaviour, TreeSpec
+
+if TYPE_CHECKING:
+    import pyudev
 
 MOUNT_TIMEOUT_SECONDS = 10
 CONTROL_TIMEOUT_SECONDS = 30
@@ -31,9 +37,14 @@ class FakeKernel:
     signal interrupts, uevents. The methods below play the hypervisor and inspect the
     kernel. The mount goes away on close(), at garbage collection or at interpreter exit,
     and the server unmounts by itself if this process dies.
+
+    With netlink=True the server lives in a network namespace of its own (`netns_path`) and
+    also multicasts every uevent there as udevd would, to udev monitors opened in that
+    namespace (`udev_monitor()`, `entered_netns()`, `in_netns(argv)`); nothing it sends can
+    reach the namespace of this process.
     """
 
-    def __init__(self, spec: TreeSpec | None = None) -> None:
+    def __init__(self, spec: TreeSpec | None = None, netlink: bool = False) -> None:
         self.spec = spec if spec is not None else TreeSpec.vm()
         self.root = Path(tempfile.mkdtemp(prefix='fakesysfs-'))
         ours, theirs = socket.socketpair()
@@ -41,9 +52,12 @@ class FakeKernel:
             filter(None, [str(_IMPORT_ROOT), os.environ.get('PYTHONPATH')])))
         with theirs:
             self._server = subprocess.Popen(
-                [sys.executable, '-m', f'{__package__}.server', str(theirs.fileno()), str(self.root)],
+                [sys.executable, '-m', f'{__package__}.server', str(theirs.fileno()), str(self.root),
+                 *(['--netlink'] if netlink else [])],
                 pass_fds=[theirs.fileno()], env=environment, stdin=subprocess.DEVNULL)
         self.server_pid = self._server.pid
+        # The server's network namespace, as long as the server runs.
+        self.netns_path = Path(f'/proc/{self.server_pid}/ns/net') if netlink else None
         self._connection = Connection(ours.detach())
         self._lock = threading.Lock()  # one request and its answer at a time
         self._finalizer = weakref.finalize(self, _tear_down, os.getpid(), self._lock, self._server,
@@ -56,6 +70,8 @@ class FakeKernel:
             status, detail = self._connection.recv()
             if status != 'ready':
                 raise FakeKernelError(detail)
+            # The inode of the server's uevent socket, to find it in /proc/PID/net/netlink.
+            self.uevent_socket_inode: int | None = detail
         except EOFError:
             self.close()
             raise FakeKernelError('the FUSE server exited before mounting') from None
@@ -97,6 +113,24 @@ class FakeKernel:
         """A present block: index, state, zone, node, boot, group, offline_behaviour."""
         return self._call('block', index)
 
+    def in_netns(self, argv: Sequence[str | os.PathLike]) -> list[str]:
+        """argv run in the kernel's network namespace, where its udev monitors get uevents."""
+        return ['nsenter', f'--net={self._netns()}', '--', *map(str, argv)]
+
+    @contextmanager
+    def entered_netns(self) -> Iterator[None]:
+        """The calling thread in the kernel's network namespace: sockets created meanwhile
+        (a pyudev Monitor's) stay in there afterwards."""
+        with entered_network_namespace(self._netns()):
+            yield
+
+    def udev_monitor(self, context: pyudev.Context | None = None) -> pyudev.Monitor:
+        """A pyudev Monitor (source 'udev', not started) on a socket in the kernel's network
+        namespace; filter, size and start it as usual."""
+        import pyudev
+        with self.entered_netns():
+            return pyudev.Monitor.from_netlink(context if context is not None else pyudev.Context())
+
     def close(self) -> None:
         """End waiting writes with EINTR, stop the server and unmount; safe to call twice."""
         self._finalizer()
@@ -106,6 +140,13 @@ class FakeKernel:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+    def _netns(self) -> Path:
+        if self.netns_path is None:
+            raise FakeKernelError('this fake kernel sends no netlink uevents (FakeKernel(netlink=True))')
+        if not self._finalizer.alive:
+            raise FakeKernelError('the fake kernel is closed')
+        return self.netns_path
 
     def _call(self, method: str, *args):
         with self._lock:

@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -145,8 +146,11 @@ class KernelModel:
         'set_offline_behaviour', 'uevents', 'writes',
     })
 
-    def __init__(self, spec: TreeSpec) -> None:
+    def __init__(self, spec: TreeSpec,
+                 uevent_sink: Callable[[dict[str, str]], None] | None = None) -> None:
+        """uevent_sink gets each uevent as it is logged, in order, with the lock held."""
         self.spec = spec
+        self._uevent_sink = uevent_sink
         self.block_size = spec.block_size
         self.pages_per_block = spec.block_size // PAGE_SIZE
         self.blocks = {
@@ -485,10 +489,13 @@ class KernelModel:
         return block
 
     def _uevent(self, action: str, index: int, **extra: str) -> None:
-        self._uevents.append({
+        event = {
             'ACTION': action, 'DEVPATH': f'{MEMORY_DEVPATH}/memory{index}', 'SUBSYSTEM': 'memory',
             **extra, 'SEQNUM': str(len(self._uevents) + 1),
-        })
+        }
+        self._uevents.append(event)
+        if self._uevent_sink is not None:
+            self._uevent_sink(dict(event))
 
     def _lock_device_hotplug(self, caller: Caller) -> None:
         """lock_device_hotplug_sysfs(): the write restarts until the lock is free, whatever

@@ -1,7 +1,10 @@
 """The FUSE server process: serves a KernelModel as a sysroot and obeys a control connection.
 
-Run by FakeKernel as `python -m tests.fakesysfs.server CONTROL_FD MOUNTPOINT`. The spec arrives
-over the control connection; `('ready', pid)` goes back once the kernel has sent FUSE INIT.
+Run by FakeKernel as `python -m tests.fakesysfs.server CONTROL_FD MOUNTPOINT [--netlink]`. The
+spec arrives over the control connection; `('ready', uevent_socket_inode)` goes back once the
+kernel has sent FUSE INIT (the inode is None without --netlink). With --netlink the whole process
+moves into a network namespace of its own first, where it multicasts every uevent to udev
+monitors (netlink.py).
 Requests are `(method, args)` for a KernelModel control method, answered with
 `('ok', result)` or `('error', exception)`. On `shutdown`, or when the test process goes away,
 waiting writes end with EINTR and the server unmounts and exits.
@@ -23,6 +26,7 @@ from multiprocessing.connection import Connection
 import mfusepy
 
 from .model import KernelModel, os_error
+from .netlink import UdevNetlinkEmitter
 from .tree import Dir, File, resolve, sysroot
 
 SYSFS_FILE_SIZE = 4096  # what stat says about every sysfs attribute
@@ -169,9 +173,10 @@ class SysfsOperations(mfusepy.Operations):
         return node
 
 
-def serve_control(connection: Connection, model: KernelModel, operations: SysfsOperations) -> None:
+def serve_control(connection: Connection, model: KernelModel, operations: SysfsOperations,
+                  emitter: UdevNetlinkEmitter | None) -> None:
     operations.mounted.wait()
-    connection.send(('ready', os.getpid()))
+    connection.send(('ready', None if emitter is None else emitter.socket_inode))
     while True:
         try:
             method, args = connection.recv()
@@ -201,14 +206,22 @@ def _wait_for_writes(operations: SysfsOperations) -> None:
 
 
 def main(argv: list[str]) -> None:
-    control_fd, mountpoint = int(argv[1]), argv[2]
+    control_fd, mountpoint, options = int(argv[1]), argv[2], argv[3:]
     logging.getLogger('mfusepy').setLevel(logging.ERROR)
     connection = Connection(control_fd)
-    model = KernelModel(connection.recv())
+    emitter = None
+    if '--netlink' in options:
+        # Before any thread exists, so that every thread is in the new network namespace.
+        try:
+            emitter = UdevNetlinkEmitter()
+        except (OSError, RuntimeError) as error:
+            connection.send(('failed', f'no private network namespace for uevents: {error}'))
+            return
+    model = KernelModel(connection.recv(), uevent_sink=None if emitter is None else emitter.send)
     mounted = threading.Event()
     operations = SysfsOperations(model, mounted)
-    threading.Thread(target=serve_control, args=(connection, model, operations), daemon=True,
-                     name='fakesysfs-control').start()
+    threading.Thread(target=serve_control, args=(connection, model, operations, emitter),
+                     daemon=True, name='fakesysfs-control').start()
     try:
         # Several threads, so that a hanging write does not hold up every other request;
         # direct_io and zero cache timeouts, so that every read and lookup sees the model now.
