@@ -3,7 +3,9 @@
 The daemon runs as a subprocess with `--sysfs-root` on the fake tree, its own config
 file, and NOTIFY_SOCKET pointing at a datagram socket of the test (what systemd would
 receive). It runs in the fake kernel's network namespace when the fake kernel emits
-netlink uevents, else in a private one, so that it never hears this machine's events.
+netlink uevents (config `event_source = "udev"` to hear them), else in a private one.
+Either way it hears no udev messages of this machine; kernel-source uevents reach every
+namespace, so tests use the udev source.
 """
 
 from __future__ import annotations
@@ -74,8 +76,9 @@ class DaemonProcess:
 
     def command(self) -> list[str]:
         argv = [*agent_command(), "-v", "--sysfs-root", self.root, "daemon", "--config", self.config_path, *self.extra_args]
-        in_netns = getattr(self.kernel, "in_netns", None)
-        return in_netns(argv) if in_netns else ["unshare", "--net", *argv]
+        if self.kernel.netns_path is not None:
+            return self.kernel.in_netns(argv)
+        return ["unshare", "--net", *argv]
 
     def start(self, wait_ready: bool = True) -> "DaemonProcess":
         self.notify.messages.clear()

@@ -23,7 +23,7 @@ from vmem_agent.daemon.protocol import MAX_REQUEST_BYTES
 from vmem_agent.daemon.target_store import load_target
 
 GIB = 1 << 30
-KDUMP_NEVER = 'kdump = "never"\n'
+KDUMP_NEVER = 'kdump = "never"\nevent_source = "udev"\n'
 
 
 @pytest.fixture

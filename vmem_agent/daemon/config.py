@@ -43,6 +43,7 @@ class DaemonConfig:
     settle: float = SETTLE_S
     kernel_onlining: str = "auto"
     event_source: str = "kernel"
+    uevent_buffer_bytes: int = 32 << 20
     kdump: str = "auto"
     kdump_command: tuple[str, ...] | None = None
     socket_group: str | None = None
@@ -151,6 +152,8 @@ KEYS: tuple[Key, ...] = (
     Key("event_source", "event_source", _choice(EVENT_SOURCES), '"kernel"',
         "kernel: listen to the kernel's uevents directly (no dependency on udevd's queue); "
         "udev: listen to events after udevd processed them."),
+    Key("uevent_buffer", "uevent_buffer_bytes", _positive_size, '"32M"',
+        "Receive buffer for uevents: a burst bigger than it loses events, which costs a rescan (about 1K per event)."),
     Key("kdump", "kdump", _choice(KDUMP_MODES), '"auto"',
         "Reload kdump after memory changed: auto = only if a crash kernel is loaded and the kernel does not "
         "update it itself (crash_hotplug)."),

@@ -118,7 +118,7 @@ class Daemon:
         control = None
         try:
             self.kernel_onlining.restore_leftovers()
-            self.events = MemoryEvents(self.config.event_source)
+            self.events = MemoryEvents(self.config.event_source, self.config.uevent_buffer_bytes)
             self.selector.register(self.events.fileno(), selectors.EVENT_READ, self._on_uevents)
             control = self.control = ControlServer(
                 self.selector, paths.control_socket_path(self.sysfs.root), _group_id(self.config.socket_group),

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 
 from ..kernel.sysfs import numbered
 
 log = logging.getLogger(__name__)
 
-RECEIVE_BUFFER_BYTES = 32 << 20  # a 1 TiB hot-add is 8,192 add events of about 1 KiB each
 DRAIN_LIMIT = 4096  # events taken per wake-up; the rest waits for the next turn of the loop
 
 
@@ -34,17 +35,20 @@ class Batch:
 
 
 class MemoryEvents:
-    def __init__(self, source: str):
+    def __init__(self, source: str, buffer_bytes: int):
         import pyudev
 
         self.source = source
         self.monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=source)
         self.monitor.filter_by("memory")
         try:
-            self.monitor.set_receive_buffer_size(RECEIVE_BUFFER_BYTES)
+            self.monitor.set_receive_buffer_size(buffer_bytes)
         except OSError as exc:
             log.warning("uevents: cannot enlarge the receive buffer (%s): a big hot-add may cost a rescan", exc.strerror)
         self.monitor.start()
+        # The same socket, to read (and so clear) its pending error: after an overflow
+        # pyudev's poll() raises on POLLERR every time and never clears it itself.
+        self._error_probe = socket.socket(fileno=os.dup(self.monitor.fileno()))
         self.received = 0
         self.losses = 0
 
@@ -56,11 +60,11 @@ class MemoryEvents:
         for _ in range(DRAIN_LIMIT):
             try:
                 device = self.monitor.poll(0)
-            except OSError as exc:
+            except OSError:
                 batch.lost = True
-                if exc.errno != errno.ENOBUFS:
-                    log.warning("uevents: receive failed: %s", exc)
-                    break
+                pending = self._error_probe.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if pending not in (0, errno.ENOBUFS):
+                    log.warning("uevents: receive failed: %s", os.strerror(pending))
                 continue
             except Exception as exc:  # a message pyudev could not decode: treat it as lost
                 batch.lost = True
