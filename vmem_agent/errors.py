@@ -16,6 +16,9 @@ EXIT_USAGE = 2
 EXIT_UNSUPPORTED = 3
 EXIT_BUSY = 4
 EXIT_PARTIAL = 64
+# vmem-agent doctor: only warnings found; at least one error found.
+EXIT_DOCTOR_WARNINGS = 10
+EXIT_DOCTOR_ERRORS = 11
 
 
 class VmemError(Exception):

@@ -10,7 +10,10 @@ import sys
 
 import click
 
-from ..errors import EXIT_BUSY, EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, EXIT_UNSUPPORTED, EXIT_USAGE, VmemError
+from ..errors import (
+    EXIT_BUSY, EXIT_DOCTOR_ERRORS, EXIT_DOCTOR_WARNINGS, EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, EXIT_UNSUPPORTED, EXIT_USAGE,
+    VmemError,
+)
 from ..limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
 
 EXIT_CODES_HELP = f"""\b
@@ -290,3 +293,37 @@ def offline(ctx: click.Context, blocks_or_size: str, dry_run: bool, force: bool,
     sysfs = _gateway(ctx)
     result = engine.change_blocks(sysfs, "offline", blocks_or_size, _run_options(sysfs, kw, dry_run), force=force)
     _finish(ctx, result, kw["as_json"])
+
+
+@main.command(epilog=f"""\b
+Exit codes:
+  {EXIT_OK}    nothing wrong (notes only)
+  {EXIT_UNSUPPORTED}    no memory-block sysfs under the root
+  {EXIT_DOCTOR_WARNINGS}   warnings only
+  {EXIT_DOCTOR_ERRORS}   at least one error
+""")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document (top-level key \"doctor\", see docs/json.md).")
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check the guest's memory-hotplug setup (reads only).
+
+    Who else onlines hot-added memory (kernel auto-online, udev rules: file and line) and
+    whether they conflict; online_policy and the Movable ratio; memmap_on_memory;
+    hot-plugged memory in ZONE_NORMAL, DIMMs left partly offline, blocks of unknown origin;
+    kdump: crash kernel, crashkernel=, reload command, crash_hotplug. Each finding has a
+    severity (error, warning, info), what is wrong, and the command or file that fixes it.
+    """
+    from ..core.doctor import diagnose, exit_code
+    from ..engine.kdump import detect_reload_command
+    from ..kernel.setup import read_setup
+    from . import doctor_report, report
+
+    sysfs = _gateway(ctx)
+    picture = read_setup(sysfs, reload_command=detect_reload_command(which=sysfs.find_program))
+    findings = diagnose(picture)
+    code = exit_code(findings)
+    if as_json:
+        click.echo(report.render_json(doctor_report.doctor_document(findings, code)))
+    else:
+        click.echo(doctor_report.render_doctor(findings))
+    ctx.exit(code)
