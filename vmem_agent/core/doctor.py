@@ -341,8 +341,8 @@ def check_memmap_on_memory(picture: SetupPicture) -> Iterable[Finding]:
     if setting:
         yield Finding("memmap-on-memory", INFO, "memmap_on_memory is on: hot-added memory holds its own memmap")
         return
-    offline = state.offline_bytes
     hotplugged = sum(b.size for b in state.blocks if b.hotplugged)
+    offline = sum(b.size for b in state.blocks if b.hotplugged and b.state != ONLINE)
     present_by_group: dict[str, int] = {}
     for block in state.blocks:
         if block.group is not None:
@@ -351,8 +351,10 @@ def check_memmap_on_memory(picture: SetupPicture) -> Iterable[Finding]:
     pluggable = hotplugged + room
     setting_text = "off" if setting is False else "not exposed by this kernel"
     message = (f"memmap_on_memory is {setting_text}: the memmap of hot-added memory (1/{MEMMAP_FRACTION} of it) comes "
-               f"from memory already online, before any of the new memory can be onlined; the "
-               f"{format_size(offline)} offline now takes {format_size(offline // MEMMAP_FRACTION)}")
+               "from memory already online, before the new memory can be onlined; the "
+               f"{format_size(hotplugged)} hot-plugged so far took {format_size(hotplugged // MEMMAP_FRACTION)}")
+    if offline:
+        message += f", {format_size(offline // MEMMAP_FRACTION)} of it for the {format_size(offline)} still offline"
     available = picture.figures.available_bytes if picture.figures else None
     big = available is not None and pluggable // MEMMAP_FRACTION * 100 > MEMMAP_AVAILABLE_PERCENT * available
     if big:
