@@ -205,7 +205,7 @@ def test_zones_and_dimms_as_the_blocks_change(fake_kernel):
     by_check = {f["check"]: f for f in report["findings"] if f["severity"] != "info"}
     assert sorted(by_check) == ["dimm-partly-offline", "hotplugged-in-kernel-zone"]
     assert by_check["hotplugged-in-kernel-zone"]["blocks"] == [32, 33, 34, 35]
-    assert "(dimm acpi:PNP0C80:00, blocks 32-35) is online in ZONE_NORMAL" in by_check["hotplugged-in-kernel-zone"]["message"]
+    assert "(DIMM acpi:PNP0C80:00, blocks 32-35) is online in ZONE_NORMAL" in by_check["hotplugged-in-kernel-zone"]["message"]
     assert by_check["dimm-partly-offline"]["blocks"] == [38, 39]
     assert by_check["dimm-partly-offline"]["fix"].startswith("vmem-agent online 38-39 to use it")
 

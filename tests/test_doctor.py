@@ -29,7 +29,7 @@ from vmem_agent.core.model import (
 )
 from vmem_agent.core.udev_rules import EFFECT_KDUMP_RELOAD, EFFECT_ONLINE, RuleEffect
 from vmem_agent.errors import EXIT_DOCTOR_ERRORS, EXIT_DOCTOR_WARNINGS, EXIT_OK
-from tests.test_policy import BS, boot, dimm, make_state, memory_states, run, virtio
+from tests.test_policy import boot, dimm, make_state, memory_states, run, virtio
 
 M, G = 1 << 20, 1 << 30
 CONTIG = KernelParams(online_policy="contig-zones", auto_movable_ratio=301, auto_movable_numa_aware=True,
@@ -98,6 +98,12 @@ def test_kernel_auto_online_from_the_build_default():
     (finding,) = findings(picture(auto="online_movable", cmdline="quiet"), "kernel-auto-online")
     assert "build default" in finding.message
     assert "add memhp_default_state=offline to the kernel command line" in finding.fix
+
+
+def test_auto_online_switched_on_at_runtime_against_the_command_line():
+    (finding,) = findings(picture(auto="online", cmdline="memhp_default_state=offline"), "kernel-auto-online")
+    assert "written at runtime: the kernel command line has memhp_default_state=offline" in finding.message
+    assert finding.fix.endswith("find what writes it at boot (a unit, a tmpfiles.d or sysfs.d entry, a udev rule)")
 
 
 def test_auto_online_switched_off_at_runtime_comes_back_at_boot():
@@ -197,9 +203,22 @@ def test_hot_plugged_memory_in_normal_cannot_be_unplugged():
                   dimm("acpi:PNP0C80:01", 36, 4, state=ONLINE, zones=(ZONE_MOVABLE,)))
     (finding,) = findings(pic, "hotplugged-in-kernel-zone")
     assert finding.severity == WARNING and finding.blocks == (32, 33, 34, 35)
-    assert finding.message.startswith("512M of hot-plugged memory (dimm acpi:PNP0C80:00, blocks 32-35) is online in "
+    assert finding.message.startswith("512M of hot-plugged memory (DIMM acpi:PNP0C80:00, blocks 32-35) is online in "
                                       "ZONE_NORMAL")
     assert finding.fix.startswith("vmem-agent offline 32-35 && vmem-agent online 32-35 --zone movable")
+
+
+def test_virtio_mem_in_normal_names_the_device():
+    pic = picture(PLAIN, virtio("virtio-mem:virtio2", 32, 2, state=ONLINE, zones=(ZONE_NORMAL,)))
+    (finding,) = findings(pic, "hotplugged-in-kernel-zone")
+    assert "(virtio-mem device virtio2, blocks 32-33)" in finding.message
+
+
+def test_what_the_snapshot_could_not_read_is_noted():
+    pic = picture()
+    pic = dataclasses.replace(pic, state=dataclasses.replace(pic.state, warnings=("proc/iomem shows no addresses",)))
+    (finding,) = findings(pic, "incomplete-reading")
+    assert finding.severity == INFO and finding.message.endswith("proc/iomem shows no addresses")
 
 
 def test_a_dimm_left_partly_offline():

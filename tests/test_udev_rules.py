@@ -275,6 +275,12 @@ def test_debian_dmi_memory_rule_is_no_onliner():
     assert effects_of(DEBIAN_70_MEMORY) == []
 
 
+def test_a_program_that_may_skip_the_rule_is_a_condition():
+    (effect,) = effects_of('PROGRAM="/bin/is-bare-metal", GOTO="end"\n'
+                           'SUBSYSTEM=="memory", ACTION=="add", ATTR{state}="online"\nLABEL="end"\n')
+    assert effect.conditions == ('not (PROGRAM="/bin/is-bare-metal")',)
+
+
 def test_goto_to_a_missing_label_is_ignored_as_udevd_does():
     (effect,) = effects_of('GOTO="nowhere"\nSUBSYSTEM=="memory", ACTION=="add", ATTR{state}="online"\n')
     assert effect.line == 2

@@ -86,7 +86,7 @@ def test_auto_online_and_a_udev_rule_are_both_found_and_conflict(boot_vm):
     found = by_check(report)
     (normal,) = found["hotplugged-in-kernel-zone"]
     assert normal["blocks"] == DIMM0
-    assert normal["message"].startswith("512M of hot-plugged memory (dimm acpi:PNP0C80:00, blocks 32-35) is online in "
+    assert normal["message"].startswith("512M of hot-plugged memory (DIMM acpi:PNP0C80:00, blocks 32-35) is online in "
                                         "ZONE_NORMAL")
     (auto,) = found["kernel-auto-online"]
     assert auto["where"] == "/proc/cmdline" and "from the next boot on" in auto["message"]

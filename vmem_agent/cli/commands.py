@@ -23,6 +23,7 @@ Exit codes:
   {EXIT_USAGE}   usage error: bad size, block list or option
   {EXIT_UNSUPPORTED}   no memory-block sysfs under the root (wrong --sysfs-root, or no hotplug)
   {EXIT_BUSY}   another vmem-agent writer holds the lock (see --wait)
+  {EXIT_DOCTOR_WARNINGS} {EXIT_DOCTOR_ERRORS}  doctor: warnings / errors found
   {EXIT_PARTIAL}  partial: some blocks changed, the target was not fully reached
   130 143  interrupted by SIGINT / SIGTERM (a running offline writer is stopped first)
 """

@@ -171,6 +171,15 @@ def _blocks_phrase(indexes: Iterable[int]) -> str:
     return f"block{'s' if len(indexes) > 1 else ''} {format_block_list(indexes)}"
 
 
+def _device_name(block: MemoryBlock) -> str:
+    """DIMM acpi:PNP0C80:00, virtio-mem device virtio2: how messages name a block's memory device."""
+    if block.group is None:
+        return "no known device"
+    if block.origin == ORIGIN_DIMM:
+        return f"DIMM {block.group}"
+    return f"{block.origin} device {block.group.split(':', 1)[-1]}"
+
+
 def _rule_fix(path: str, line: int) -> str:
     if path.startswith(_LOCAL_RULES_DIRS):
         return f"delete or comment out line {line} of {path}, then run: udevadm control --reload"
@@ -194,18 +203,24 @@ def check_kernel_auto_online(picture: SetupPicture) -> Iterable[Finding]:
     mode = picture.state.auto_online_blocks
     at_boot = kernel_parameter(picture.cmdline, "memhp_default_state")
     if mode in ONLINE_STATES:
+        fix = f"echo offline > {AUTO_ONLINE_FILE}; and "
         if at_boot == mode:
             source = f"memhp_default_state={at_boot} on the kernel command line"
+            fix += _cmdline_fix(picture.cmdline, "memhp_default_state", "offline")
         elif picture.cmdline is None:
             source = "kernel command line unknown"
-        else:
+            fix += _cmdline_fix(picture.cmdline, "memhp_default_state", "offline")
+        elif at_boot is None:
             source = "the kernel's build default or a write at runtime; the command line does not set it"
+            fix += _cmdline_fix(picture.cmdline, "memhp_default_state", "offline")
+        else:
+            source = f"written at runtime: the kernel command line has memhp_default_state={at_boot}"
+            fix += "find what writes it at boot (a unit, a tmpfiles.d or sysfs.d entry, a udev rule)"
         yield Finding(
             "kernel-auto-online", WARNING,
             f"the kernel onlines every hot-added memory block itself (auto_online_blocks={mode}, {source}): "
             "the memory is online before vmem-agent sees it, so vmem-agent cannot hold a target or choose zones",
-            f"echo offline > {AUTO_ONLINE_FILE}; and "
-            + _cmdline_fix(picture.cmdline, "memhp_default_state", "offline"),
+            fix,
             AUTO_ONLINE_FILE,
         )
     elif mode == "offline" and at_boot in ONLINE_STATES:
@@ -378,7 +393,7 @@ def check_normal_hotplugged(picture: SetupPicture) -> Iterable[Finding]:
             by_group.setdefault((block.group, zone), []).append(block)
     for (group, zone), blocks in by_group.items():
         indexes = [b.index for b in blocks]
-        device = f"{blocks[0].origin} {group}" if group else "no known device"
+        device = _device_name(blocks[0])
         listed = format_block_list(indexes)
         yield Finding(
             "hotplugged-in-kernel-zone", WARNING,
@@ -510,6 +525,12 @@ def check_unreadable_rules(picture: SetupPicture) -> Iterable[Finding]:
                       "run vmem-agent doctor as root", path)
 
 
+def check_reading(picture: SetupPicture) -> Iterable[Finding]:
+    """What the snapshot could not read (a missing valid_zones, /proc/iomem without addresses)."""
+    for warning in picture.state.warnings:
+        yield Finding("incomplete-reading", INFO, f"some facts could not be read: {warning}")
+
+
 CHECKS: tuple[Check, ...] = (
     check_kernel_auto_online,
     check_udev_onliners,
@@ -524,6 +545,7 @@ CHECKS: tuple[Check, ...] = (
     check_kdump,
     check_udev_kdump_reloads,
     check_unreadable_rules,
+    check_reading,
 )
 
 

@@ -126,7 +126,7 @@ class MemoryEvent:
     block: int = 32
     arch: str | None = None  # CONST{arch}, systemd's name; None: unknown
     # `[subsystem/device]attribute` values read beforehand (None: could not be read).
-    device_attributes: Mapping[str, str | None] = None
+    device_attributes: Mapping[str, str | None] | None = None
 
     @property
     def kernel(self) -> str:
@@ -437,7 +437,7 @@ def _negation(unknown: tuple[str, ...]) -> str:
     """The condition of not taking a GOTO whose unknown matches were these."""
     if len(unknown) == 1:
         key = _KEY.fullmatch(unknown[0])
-        if key is not None:
+        if key is not None and key.group(1) != "PROGRAM" and key.group(3) in MATCH_OPS:
             name, attr, op, value = key.groups()
             return Key(name, attr, op, value).negated()
     return "not (" + " and ".join(unknown) + ")"
