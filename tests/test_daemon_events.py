@@ -10,6 +10,7 @@ log, its status on the control socket and a kdump reload command that counts its
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -111,9 +112,14 @@ def test_remove_updates_the_picture_and_reloads_kdump_once(make_fake_kernel, sta
 
 def test_lost_events_cost_a_rescan_and_nothing_stays_offline(make_fake_kernel, start_daemon):
     kernel = make_fake_kernel(VM, netlink=True)
-    # A 64K receive buffer holds about 78 events: the 512-block burst overflows it.
+    # A 64K receive buffer holds about 78 events; the daemon is stopped while the 512-block
+    # burst arrives, so the buffer overflows for certain.
     daemon = start_daemon(kernel, BASE + 'kdump = "never"\nkernel_onlining = "never"\nuevent_buffer = "64K"\n')
-    kernel.hot_add(BIG_DIMM, group=('dimm', 2))
+    daemon.process.send_signal(signal.SIGSTOP)
+    try:
+        kernel.hot_add(BIG_DIMM, group=('dimm', 2))
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
     daemon.wait_until(lambda: online(kernel, BIG_DIMM), timeout=120, what='all blocks online after the loss')
     status = daemon.status()
     assert status['uevents']['lost'] >= 1 and status['counters']['rescans'] >= 1, status['uevents']

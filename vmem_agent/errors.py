@@ -17,6 +17,9 @@ EXIT_UNSUPPORTED = 3
 EXIT_BUSY = 4
 EXIT_PARTIAL = 64
 EXIT_CONFIG = 78  # sysexits' EX_CONFIG: the daemon's configuration is invalid (systemd: no restart)
+# vmem-agent doctor: only warnings found; at least one error found.
+EXIT_DOCTOR_WARNINGS = 10
+EXIT_DOCTOR_ERRORS = 11
 
 
 class VmemError(Exception):

@@ -11,7 +11,8 @@ import sys
 import click
 
 from ..errors import (
-    EXIT_BUSY, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, EXIT_UNSUPPORTED, EXIT_USAGE, UsageError, VmemError,
+    EXIT_BUSY, EXIT_CONFIG, EXIT_DOCTOR_ERRORS, EXIT_DOCTOR_WARNINGS, EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL,
+    EXIT_UNSUPPORTED, EXIT_USAGE, UsageError, VmemError,
 )
 from ..limits import KDUMP_MODES, OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S, ZONE_MODES
 
@@ -28,6 +29,7 @@ Exit codes:
   {EXIT_USAGE}   usage error: bad size, block list or option
   {EXIT_UNSUPPORTED}   no memory-block sysfs under the root (wrong --sysfs-root, or no hotplug)
   {EXIT_BUSY}   another vmem-agent writer holds the lock (see --wait)
+  {EXIT_DOCTOR_WARNINGS} {EXIT_DOCTOR_ERRORS}  doctor: warnings / errors found
   {EXIT_PARTIAL}  partial: some blocks changed, the target was not fully reached
   {EXIT_CONFIG}  daemon: invalid configuration file
   130 143  interrupted by SIGINT / SIGTERM (a running offline writer is stopped first)
@@ -420,3 +422,37 @@ def reconcile(ctx: click.Context, as_json: bool) -> None:
     if output is None:
         raise VmemError("no vmem-agent daemon is running for this root")
     _print_output(ctx, output, as_json)
+
+
+@main.command(epilog=f"""\b
+Exit codes:
+  {EXIT_OK}    nothing wrong (notes only)
+  {EXIT_UNSUPPORTED}    no memory-block sysfs under the root
+  {EXIT_DOCTOR_WARNINGS}   warnings only
+  {EXIT_DOCTOR_ERRORS}   at least one error
+""")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document (top-level key \"doctor\", see docs/json.md).")
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check the guest's memory-hotplug setup (reads only).
+
+    Who else onlines hot-added memory (kernel auto-online, udev rules: file and line) and
+    whether they conflict; online_policy and the Movable ratio; memmap_on_memory;
+    hot-plugged memory in ZONE_NORMAL, DIMMs left partly offline, blocks of unknown origin;
+    kdump: crash kernel, crashkernel=, reload command, crash_hotplug. Each finding has a
+    severity (error, warning, info), what is wrong, and the command or file that fixes it.
+    """
+    from ..core.doctor import diagnose, exit_code
+    from ..engine.kdump import detect_reload_command
+    from ..kernel.setup import read_setup
+    from . import doctor_report, report
+
+    sysfs = _gateway(ctx)
+    picture = read_setup(sysfs, reload_command=detect_reload_command(which=sysfs.find_program))
+    findings = diagnose(picture)
+    code = exit_code(findings)
+    if as_json:
+        click.echo(report.render_json(doctor_report.doctor_document(findings, code)))
+    else:
+        click.echo(doctor_report.render_doctor(findings))
+    ctx.exit(code)

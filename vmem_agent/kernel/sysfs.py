@@ -21,6 +21,11 @@ MEMORY_DIR = "sys/devices/system/memory"
 NODE_DIR = "sys/devices/system/node"
 PARAMS_DIR = "sys/module/memory_hotplug/parameters"
 KEXEC_CRASH_LOADED = "sys/kernel/kexec_crash_loaded"
+KEXEC_CRASH_SIZE = "sys/kernel/kexec_crash_size"
+PROC_CMDLINE = "proc/cmdline"
+PROC_ARCH = "proc/sys/kernel/arch"
+# Where programs live under a root, in the order of a root shell's PATH.
+PROGRAM_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
 PROC_IOMEM = "proc/iomem"
 PROC_MEMINFO = "proc/meminfo"
 BOOT_PARAMS = "sys/kernel/boot_params/data"
@@ -111,6 +116,21 @@ class Sysfs:
 
     def exists(self, relative: str) -> bool:
         return os.path.lexists(self.path(relative))
+
+    def readlink_optional(self, relative: str) -> str | None:
+        """Where a link under the root points, or None when it is no link or is missing."""
+        try:
+            return os.readlink(self.path(relative))
+        except OSError:
+            return None
+
+    def find_program(self, name: str) -> str | None:
+        """The program's path as seen inside the root (searched like its PATH), or None: a `which` for the root."""
+        for directory in PROGRAM_DIRS:
+            path = self.path(f"{directory}/{name}")
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return f"/{directory}/{name}"
+        return None
 
     # -- descriptor-relative reads, for scans of many files -----------------------------
 
@@ -211,6 +231,18 @@ class Sysfs:
     def kexec_crash_loaded(self) -> bool | None:
         text = self.read_optional(KEXEC_CRASH_LOADED)
         return parse_bool(text) if text is not None else None
+
+    def kexec_crash_size(self) -> int | None:
+        """Bytes reserved for a crash kernel (crashkernel=), None when unknown."""
+        text = self.read_optional(KEXEC_CRASH_SIZE)
+        return parse_int(text) if text is not None else None
+
+    def kernel_cmdline(self) -> str | None:
+        return self.read_optional(PROC_CMDLINE, limit=PROC_FILE_LIMIT)
+
+    def kernel_arch(self) -> str | None:
+        """The kernel's machine name as uname gives it (x86_64), None when unknown."""
+        return self.read_optional(PROC_ARCH)
 
     def memory_figures(self) -> MemoryFigures | None:
         """MemTotal and MemAvailable of this root's /proc/meminfo (None: unknown)."""
