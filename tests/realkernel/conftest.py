@@ -18,8 +18,11 @@ Missing prerequisites skip the tests, unless VMEM_AGENT_REQUIRE_REALKERNEL=1,
 which turns them into failures (CI sets it so a broken image cannot silently
 skip the suite).
 
-When a test using a VM fails, the tail of that VM's serial console is added to
-the report ("guest console" section).
+When a test using a VM fails, the tail of that VM's serial console (and, for an
+init="systemd" guest, of its journal) is added to the report ("guest console" /
+"guest journal" sections), and the console log, ``journalctl -b -o
+short-monotonic`` and ``dmesg`` read at the failure are saved together when the
+VM closes (/tmp/vmx-logs/, or $VMEM_AGENT_REALKERNEL_LOGDIR).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def _required() -> bool:
 
 
 VM_FIXTURES = {"vm", "boot_vm", "realkernel_prereqs"}
+JOURNAL_TAIL_LINES = 80
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m realkernel` deselects
@@ -100,9 +104,15 @@ def pytest_runtest_makereport(item, call):
     if not rep.failed:
         return
     item._vmx_failed = True
-    vms = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, GuestVM)]
-    vms += getattr(item, "_vmx_vms", [])
+    candidates = [*getattr(item, "funcargs", {}).values(), *getattr(item, "_vmx_vms", [])]
+    # one VM may sit behind several fixtures
+    vms = list({id(v): v for v in candidates if isinstance(v, GuestVM)}.values())
     for v in vms:
+        v.mark_failed()
         tail = v.console_tail(80)
         if tail:
             rep.sections.append((f"guest console ({v.name}, tail)", tail))
+        journal = v.diagnostics.get("journal", "")
+        if journal:
+            rep.sections.append((f"guest journal ({v.name}, tail)",
+                                 "\n".join(journal.splitlines()[-JOURNAL_TAIL_LINES:])))

@@ -1,11 +1,15 @@
 """Build the tiny initramfs that boots the host's Debian kernel into a 9p root.
 
 The image holds only a static busybox, the handful of kernel modules needed
-to mount a virtio-9p share (resolved from ``modules.dep``; builtins skipped via
-``modules.builtin``) and ``/init``.  ``/init`` mounts the host root read-only
-over 9p, a writable per-VM exchange share, then ``switch_root``\\ s into the
-host root and runs ``tests/realkernel/guest_loop.sh`` from there, so the
-project's virtualenv is usable in the guest under the same paths.
+to mount a virtio-9p share and an overlayfs (resolved from ``modules.dep``;
+builtins skipped via ``modules.builtin``) and ``/init``.  ``/init`` mounts the
+host root read-only over 9p (``VMX_ROOT=ro``) or as the lower layer of an
+overlayfs with a tmpfs upper layer (``VMX_ROOT=overlay``: a writable root whose
+changes stay in the guest), a writable per-VM exchange share, then
+``switch_root``\\ s into that root and runs ``VMX_PID1`` (a bash script on the
+exchange share: ``guest_loop.sh``, or ``guest_systemd.sh``, which execs
+systemd), so the project's virtualenv is usable in the guest under the same
+paths.
 
 The cpio (newc) archive is written here in Python (no ``cpio`` binary needed)
 and cached per kernel version + content hash, see :func:`build_initramfs`.
@@ -25,12 +29,14 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 #: Modules the guest needs before switch_root.  Dependencies are added from
 #: modules.dep; anything in modules.builtin is skipped.  virtio_mem is loaded
-#: here too (it must bind before udevd starts so its first blocks are seen).
-WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "virtio_mem")
+#: here too (it must bind before udevd starts so its first blocks are seen);
+#: overlay makes the writable root of ``VMX_ROOT=overlay`` guests.
+WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "virtio_mem", "overlay")
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
@@ -41,8 +47,12 @@ XCHG_TAG = "vmx"
 #: Where the exchange share is mounted in the guest after switch_root.
 GUEST_XCHG = "/run/vmx"
 
+#: Where an overlay-root guest keeps its layers: lower/ (the host root, read
+#: only) and layers/upper (everything the guest changed).
+GUEST_OVERLAY_DIR = "/run/vmx-root"
+
 # Bump when the layout/contents change in a way the hash below does not see.
-_FORMAT_VERSION = 3
+_FORMAT_VERSION = 4
 
 
 class PrerequisiteMissing(RuntimeError):
@@ -259,16 +269,32 @@ mkdir -p /xchg /newroot
 mount -t 9p -o "$XOPTS" @XCHG_TAG@ /xchg || fail "mount exchange share @XCHG_TAG@"
 [ -r /xchg/boot.env ] || fail "no boot.env on exchange share"
 . /xchg/boot.env
-mount -t 9p -o "$ROOTOPTS" @ROOT_TAG@ /newroot || fail "mount host root @ROOT_TAG@"
-mount -t tmpfs -o mode=755,size=64m tmpfs /newroot/run || fail "tmpfs /run"
+if [ "${VMX_ROOT:-ro}" = overlay ]; then
+    # Writable root for the guest only: the host root is the read-only lower
+    # layer, every change lands in a tmpfs upper layer.
+    mkdir -p /lower /layers
+    mount -t 9p -o "$ROOTOPTS" @ROOT_TAG@ /lower || fail "mount host root @ROOT_TAG@"
+    mount -t tmpfs -o mode=755 tmpfs /layers || fail "tmpfs for the overlay layers"
+    mkdir -p /layers/upper /layers/work
+    mount -t overlay -o lowerdir=/lower,upperdir=/layers/upper,workdir=/layers/work \
+        overlay /newroot || fail "overlay root"
+    mount -t tmpfs -o mode=755,size=64m tmpfs /newroot/run || fail "tmpfs /run"
+    # Kept visible for debugging: @OVERLAY_DIR@/layers/upper is what the guest changed.
+    mkdir -p /newroot@OVERLAY_DIR@/lower /newroot@OVERLAY_DIR@/layers
+    mount --move /lower /newroot@OVERLAY_DIR@/lower || fail "move lower layer"
+    mount --move /layers /newroot@OVERLAY_DIR@/layers || fail "move overlay layers"
+else
+    mount -t 9p -o "$ROOTOPTS" @ROOT_TAG@ /newroot || fail "mount host root @ROOT_TAG@"
+    mount -t tmpfs -o mode=755,size=64m tmpfs /newroot/run || fail "tmpfs /run"
+fi
 mkdir -p /newroot@GUEST_XCHG@
 mount --move /xchg /newroot@GUEST_XCHG@ || fail "move exchange share"
 mount --move /dev /newroot/dev || fail "move /dev"
 mount --move /sys /newroot/sys || fail "move /sys"
 mount --move /proc /newroot/proc || fail "move /proc"
-[ -x "/newroot$VMX_LOOP" ] || [ -r "/newroot$VMX_LOOP" ] || fail "guest loop $VMX_LOOP not found in host root"
-echo "vmx-init: switch_root -> $VMX_LOOP" >/newroot/dev/console
-exec switch_root /newroot /bin/bash "$VMX_LOOP" </newroot/dev/console >/newroot/dev/console 2>&1
+[ -r "/newroot$VMX_PID1" ] || fail "PID 1 script $VMX_PID1 not found in the new root"
+echo "vmx-init: switch_root -> $VMX_PID1" >/newroot/dev/console
+exec switch_root /newroot /bin/bash "$VMX_PID1" </newroot/dev/console >/newroot/dev/console 2>&1
 fail "switch_root failed"
 """
 
@@ -287,7 +313,8 @@ def render_init(opts: InitramfsOptions) -> str:
             .replace("@ROOTCACHE@", opts.root_cache)
             .replace("@ROOT_TAG@", ROOT_TAG)
             .replace("@XCHG_TAG@", XCHG_TAG)
-            .replace("@GUEST_XCHG@", GUEST_XCHG))
+            .replace("@GUEST_XCHG@", GUEST_XCHG)
+            .replace("@OVERLAY_DIR@", GUEST_OVERLAY_DIR))
 
 
 def default_cache_dir() -> Path:
@@ -322,6 +349,7 @@ def build_initramfs(kernel: KernelInfo | None = None, *,
     cache_dir = Path(cache_dir or default_cache_dir())
     out = cache_dir / f"initramfs-{kernel.version}-{key}.cpio"
     if out.exists():
+        os.utime(out)  # in use: see _drop_unused_images
         return out
     cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -348,14 +376,25 @@ def build_initramfs(kernel: KernelInfo | None = None, *,
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, out)
-    # Drop stale images for the same kernel version.
-    for old in cache_dir.glob(f"initramfs-{kernel.version}-*.cpio"):
-        if old != out:
-            try:
-                old.unlink()
-            except OSError:
-                pass
+    _drop_unused_images(cache_dir, kernel.version, keep=out)
     return out
+
+
+#: An image of another harness version not used for this long is deleted.
+#: Checkouts on other branches share the cache and boot their own image (the
+#: kexec test even reads it from the guest minutes later): never delete an
+#: image that may be in use.
+UNUSED_IMAGE_SECONDS = 7 * 24 * 3600
+
+
+def _drop_unused_images(cache_dir: Path, version: str, keep: Path) -> None:
+    now = time.time()
+    for old in cache_dir.glob(f"initramfs-{version}-*.cpio"):
+        try:
+            if old != keep and now - old.stat().st_mtime > UNUSED_IMAGE_SECONDS:
+                old.unlink()
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use

@@ -4,6 +4,7 @@
     .venv/bin/python -m tests.realkernel.shell --repl          # line REPL through the harness
     .venv/bin/python -m tests.realkernel.shell -c 'lsmem' -c 'cat /proc/iomem'
     .venv/bin/python -m tests.realkernel.shell --dimm 1G --virtio-mem 4G:512M --crashkernel 256M
+    .venv/bin/python -m tests.realkernel.shell --init systemd --repl   # systemd as PID 1
 
 Console mode: QEMU's serial port is your terminal, with a root bash in the
 guest.  Ctrl-A c switches to the QEMU monitor (HMP) and back, where you can
@@ -29,7 +30,7 @@ import argparse
 import json
 import sys
 
-from .vm import Dimm, GuestCommandTimeout, GuestVM, VirtioMem, VMConfig
+from .vm import INIT_MODES, Dimm, GuestCommandTimeout, GuestVM, VirtioMem, VMConfig
 
 
 def build_config(a) -> VMConfig:
@@ -39,7 +40,7 @@ def build_config(a) -> VMConfig:
         vmem = VirtioMem(size=size, requested_size=req or 0)
     return VMConfig(memory=a.memory, maxmem=a.maxmem, smp=a.smp,
                     dimms=[Dimm(d) for d in a.dimm], virtio_mem=vmem,
-                    crashkernel=a.crashkernel, cmdline=a.append,
+                    crashkernel=a.crashkernel, cmdline=a.append, init=a.init,
                     max_lifetime=a.max_time)
 
 
@@ -92,6 +93,8 @@ def main(argv=None) -> int:
     ap.add_argument("--virtio-mem", metavar="MAX[:REQUESTED]")
     ap.add_argument("--crashkernel", metavar="SIZE")
     ap.add_argument("--append", default="", help="extra kernel command line")
+    ap.add_argument("--init", choices=INIT_MODES, default="loop",
+                    help="PID 1: the harness loop, or systemd on a writable overlay root")
     ap.add_argument("--max-time", type=float, default=4 * 3600, help="kill QEMU after (s)")
     ap.add_argument("--repl", action="store_true", help="line REPL instead of serial console")
     ap.add_argument("-c", "--command", action="append", default=[],

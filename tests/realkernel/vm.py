@@ -10,9 +10,20 @@
 
 The guest root is the host root (read-only 9p), so the project virtualenv and
 repository work in the guest under the same paths.  Writable in the guest:
-/tmp, /var/tmp, /var/log, /var/cache, /root, /run, /dev/shm (tmpfs, per VM) and
+/tmp, /var/tmp, /var/log, /var/cache, /run, /dev/shm (tmpfs, per VM) and
 ``vm.guest_xchg`` (= /run/vmx, a host temp dir shared over 9p, host side
 ``vm.host_xchg``).
+
+With ``VMConfig(init="systemd")`` a real systemd is PID 1 and the whole root is
+writable: an overlayfs whose lower layer is the read-only 9p host root and
+whose upper layer is a tmpfs (``vm.overlay_upper``), so ``dpkg -i`` works and
+no change reaches the host.  The commands run in vmx-runner.service; see the
+systemd helpers (install_unit, systemctl, unit_properties, journal, poweroff)::
+
+    with GuestVM(VMConfig(init="systemd")) as vm:
+        vm.install_unit("probe.service", "[Service]\nType=exec\nExecStart=/bin/sleep 60\n")
+        vm.systemctl("start", "probe.service", check=True)
+        assert vm.unit_properties("probe.service", "ActiveState") == {"ActiveState": "active"}
 
 Every VM is bounded in time: boot timeout, per-command timeout, and a max
 lifetime watchdog that kills QEMU.  QEMU is killed by pid (SIGTERM, then
@@ -24,7 +35,8 @@ Environment knobs:
   VMEM_AGENT_REALKERNEL_QEMU    qemu-system-x86_64 binary
   VMEM_AGENT_REALKERNEL_KERNEL  vmlinuz to boot (modules from /lib/modules/<ver>)
   VMEM_AGENT_REALKERNEL_CACHE   initramfs cache dir (default ~/.cache/vmem-agent/realkernel)
-  VMEM_AGENT_REALKERNEL_LOGDIR  keep every VM's console log here
+  VMEM_AGENT_REALKERNEL_LOGDIR  keep every VM's console log (and the journal and
+                                dmesg read at a test failure) here
 """
 
 from __future__ import annotations
@@ -44,15 +56,17 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
-from .initramfs import (GUEST_XCHG, ROOT_TAG, XCHG_TAG, KernelInfo,
-                        PrerequisiteMissing, build_initramfs, find_busybox,
-                        find_kernel)
+from .initramfs import (GUEST_OVERLAY_DIR, GUEST_XCHG, ROOT_TAG, XCHG_TAG,
+                        KernelInfo, PrerequisiteMissing, build_initramfs,
+                        find_busybox, find_kernel)
 from .qmp import QMPClient, QMPError, parse_size
 
 HERE = Path(__file__).resolve().parent
 GUEST_LOOP = HERE / "guest_loop.sh"
+#: PID 1 before systemd in ``init="systemd"`` guests: prepares the overlay root.
+GUEST_SYSTEMD_BOOT = HERE / "guest_systemd.sh"
 #: tests/realkernel/guest/: helper scripts to run in the guest (same path there)
 GUEST_HELPERS = str(HERE / "guest")
 
@@ -63,6 +77,30 @@ VENV_BIN = (Path(sys.prefix) if sys.prefix != sys.base_prefix
             else REPO_ROOT / ".venv") / "bin"
 GUEST_PYTHON = str(VENV_BIN / "python")
 GUEST_AGENT = str(VENV_BIN / "vmem-agent")
+
+#: Debian's Python, outside /root (where this machine's venv Python lives and
+#: which ProtectHome=yes hides from a unit), with Debian's python3-pyudev,
+#: -click, -psutil and -tenacity.  Runs the checkout with PYTHONPATH set, see
+#: GuestVM.debian_python_env.
+DEBIAN_PYTHON = "/usr/bin/python3"
+DEBIAN_PYTHON_AGENT = (DEBIAN_PYTHON, "-m", "vmem_agent")
+
+SYSTEMD_BINARY = "/lib/systemd/systemd"
+#: The guest's unit directory (in its overlay under init="systemd").
+GUEST_UNIT_DIR = "/etc/systemd/system"
+#: The target an init="systemd" guest boots: basic.target + the command runner.
+GUEST_TARGET = "vmx.target"
+GUEST_RUNNER_UNIT = "vmx-runner.service"
+#: Second guest path of a checkout living under /tmp or /var/tmp, which
+#: PrivateTmp= would hide from a unit.
+GUEST_CHECKOUT_ALIAS = "/run/vmx-checkout"
+
+INIT_MODES = ("loop", "systemd")
+#: Default boot timeouts per init mode: a systemd boot took 19-54 s under load
+#: (shared/GUEST-SYSTEMD.md).
+DEFAULT_BOOT_TIMEOUT = {"loop": 90.0, "systemd": 150.0}
+#: Diagnostics read from a guest whose test failed: bounded, the guest may be wedged.
+DIAGNOSTICS_TIMEOUT = 30.0
 
 
 # ---------------------------------------------------------------- errors
@@ -122,16 +160,29 @@ class VMConfig:
     crashkernel: str | None = None      # e.g. "256M"
     cmdline: str = ""                   # extra kernel command line
     udev: bool = True                   # start systemd-udevd in the guest
+    # "loop": guest_loop.sh is PID 1 on the read-only host root.  "systemd": a
+    # real systemd is PID 1 on a writable overlay root (changes stay in the
+    # guest) and guest_loop.sh runs as vmx-runner.service.
+    init: str = "loop"
     machine: str = "pc"
     accel: str | None = None            # None: $VMEM_AGENT_REALKERNEL_ACCEL or tcg
-    boot_timeout: float = 90.0
+    boot_timeout: float | None = None   # None: DEFAULT_BOOT_TIMEOUT[init]
     max_lifetime: float = 1200.0        # watchdog: QEMU killed after this
     qemu_args: Sequence[str] = ()       # extra QEMU arguments
     console_shell: bool = False         # interactive bash on ttyS0
     console: str = "file"               # "file" or "stdio" (interactive)
 
+    def __post_init__(self) -> None:
+        if self.init not in INIT_MODES:
+            raise ValueError(f"VMConfig.init={self.init!r}: want one of {INIT_MODES}")
+
     def replace(self, **kw) -> "VMConfig":
         return dataclasses.replace(self, **kw)
+
+    @property
+    def effective_boot_timeout(self) -> float:
+        return (DEFAULT_BOOT_TIMEOUT[self.init] if self.boot_timeout is None
+                else self.boot_timeout)
 
 
 @dataclasses.dataclass
@@ -191,8 +242,9 @@ def check_prerequisites() -> Prerequisites:
     accel = default_accel()
     if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
         raise PrerequisiteMissing("VMEM_AGENT_REALKERNEL_ACCEL=kvm but /dev/kvm is not usable")
-    if not GUEST_LOOP.exists():
-        raise PrerequisiteMissing(f"{GUEST_LOOP} missing")
+    for script in (GUEST_LOOP, GUEST_SYSTEMD_BOOT):
+        if not script.exists():
+            raise PrerequisiteMissing(f"{script} missing")
     return Prerequisites(qemu, kernel, busybox, accel)
 
 
@@ -324,10 +376,18 @@ class GuestVM:
         self.boot_seconds: float | None = None
         self.guest_uptime_at_ready: float | None = None
         self.kernel_version: str | None = None
+        #: init="systemd": `systemctl is-system-running --wait` when the runner came up
+        self.system_state: str | None = None
         self._ids = itertools.count(1)
         self._watchdog: threading.Timer | None = None
         self._closed = False
+        self._ready = False
+        self._failed = False
+        #: the guest's journal and dmesg as last read by collect_diagnostics
+        #: (which runs by itself when a test using the VM fails)
+        self.diagnostics: dict[str, str] = {}
         self.saved_console: Path | None = None
+        self.saved_logs: dict[str, Path] = {}
         self._qemu_out_fh = None
         self._block_size: int | None = None
 
@@ -353,6 +413,36 @@ class GuestVM:
     agent = GUEST_AGENT
     repo = str(REPO_ROOT)
     helpers = GUEST_HELPERS
+    debian_python = DEBIAN_PYTHON
+    #: argv running the checkout's agent with Debian's Python; needs
+    #: ``debian_python_env`` (in a unit: ``Environment=PYTHONPATH=...``)
+    debian_python_agent = list(DEBIAN_PYTHON_AGENT)
+
+    @property
+    def init(self) -> str:
+        return self.config.init
+
+    @property
+    def guest_checkout(self) -> str:
+        """The checkout's path in the guest as every unit sees it: its own
+        path, or GUEST_CHECKOUT_ALIAS when it lives under /tmp or /var/tmp
+        (hidden by PrivateTmp=) in an init="systemd" guest."""
+        return GUEST_CHECKOUT_ALIAS if self._checkout_needs_alias() else self.repo
+
+    def _checkout_needs_alias(self) -> bool:
+        return (self.init == "systemd"
+                and any(REPO_ROOT.is_relative_to(d) for d in ("/tmp", "/var/tmp")))
+
+    @property
+    def debian_python_env(self) -> dict[str, str]:
+        """Environment for ``debian_python_agent``: the checkout on the path."""
+        return {"PYTHONPATH": self.guest_checkout}
+
+    @property
+    def overlay_upper(self) -> str:
+        """init="systemd": the guest dir holding every change the guest made to its root."""
+        self._require_systemd("overlay_upper")
+        return f"{GUEST_OVERLAY_DIR}/layers/upper"
 
     @property
     def _q(self) -> Path:
@@ -377,6 +467,8 @@ class GuestVM:
         cmdline = ["console=ttyS0", "memhp_default_state=offline", "panic=-1",
                    "quiet", "loglevel=4", "rdinit=/init", "8250.nr_uarts=1",
                    "i8042.noaux", "i8042.nokbd", "i8042.nopnp"]
+        if c.init == "systemd":
+            cmdline.append(f"systemd.unit={GUEST_TARGET}")
         if c.crashkernel:
             cmdline.append(f"crashkernel={c.crashkernel}")
         if c.cmdline:
@@ -416,17 +508,28 @@ class GuestVM:
     def start(self) -> "GuestVM":
         c = self.config
         pre = check_prerequisites()
+        if c.init == "systemd" and not os.access(SYSTEMD_BINARY, os.X_OK):
+            raise PrerequisiteMissing(f"init='systemd' needs {SYSTEMD_BINARY} "
+                                      "(apt-get install systemd)")
         initrd = build_initramfs(pre.kernel)
         self.initrd = str(initrd)           # readable in the guest too
         self.kernel_image = str(pre.kernel.image)
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"vmx-{self.name}-"))
         self._q.mkdir(parents=True)
-        shutil.copy(GUEST_LOOP, self.host_xchg / "guest_loop.sh")
+        shutil.copy(GUEST_LOOP, self.host_xchg / GUEST_LOOP.name)
+        shutil.copy(GUEST_SYSTEMD_BOOT, self.host_xchg / GUEST_SYSTEMD_BOOT.name)
+        pid1 = GUEST_SYSTEMD_BOOT if c.init == "systemd" else GUEST_LOOP
+        boot_env = {
+            "VMX_PID1": f"{GUEST_XCHG}/{pid1.name}",
+            "VMX_ROOT": "overlay" if c.init == "systemd" else "ro",
+            "VMX_UDEV": str(int(c.udev)),
+            "VMX_CONSOLE_SHELL": str(int(c.console_shell)),
+            "VMX_KEEP": " ".join(str(p) for p in (REPO_ROOT, VENV_BIN.parent)),
+            "VMX_CHECKOUT": str(REPO_ROOT),
+            "VMX_CHECKOUT_ALIAS": GUEST_CHECKOUT_ALIAS if self._checkout_needs_alias() else "",
+        }
         (self.host_xchg / "boot.env").write_text(
-            f"VMX_LOOP={GUEST_XCHG}/guest_loop.sh\n"
-            f"VMX_UDEV={int(c.udev)}\n"
-            f"VMX_CONSOLE_SHELL={int(c.console_shell)}\n"
-            f"VMX_KEEP={shlex.quote(' '.join(str(p) for p in (REPO_ROOT, VENV_BIN.parent)))}\n")
+            "".join(f"{k}={shlex.quote(v)}\n" for k, v in boot_env.items()))
         self.console_log.touch()
         argv = self.qemu_command(pre, initrd)
         (self.tmpdir / "qemu.argv").write_text(shlex.join(argv) + "\n")
@@ -451,22 +554,25 @@ class GuestVM:
             raise BootError(f"QMP not available: {e}\n{self._qemu_out()}",
                             self.console_tail()) from None
         ready = self.host_xchg / "ready"
-        deadline = t0 + c.boot_timeout
+        boot_timeout = c.effective_boot_timeout
+        deadline = t0 + boot_timeout
         while not ready.exists():
             if not self.alive():
                 raise BootError(f"QEMU exited during boot (rc={self.proc.returncode})\n"
                                 f"{self._qemu_out()}", self.console_tail())
             if time.monotonic() > deadline:
-                raise BootError(f"guest not ready after {c.boot_timeout}s",
+                raise BootError(f"guest not ready after {boot_timeout}s",
                                 self.console_tail())
             time.sleep(0.02)
         self.boot_seconds = time.monotonic() - t0
         info = dict(l.split("=", 1) for l in ready.read_text().split() if "=" in l)
         self.kernel_version = info.get("kernel")
+        self.system_state = info.get("system_state")
         try:
             self.guest_uptime_at_ready = float(info.get("uptime", "nan"))
         except ValueError:
             pass
+        self._ready = True
         return self
 
     def _qemu_out(self) -> str:
@@ -511,6 +617,9 @@ class GuestVM:
     def close(self, failed: bool = False) -> None:
         if self._closed:
             return
+        failed = failed or self._failed
+        if failed and not self.diagnostics:
+            self.collect_diagnostics()
         self._closed = True
         if self._watchdog:
             self._watchdog.cancel()
@@ -522,11 +631,41 @@ class GuestVM:
             if self._qemu_out_fh is not None:
                 self._qemu_out_fh.close()
             _LIVE.discard(self)
-            self._save_console(failed)
+            self._save_logs(failed)
             if self.tmpdir and self.tmpdir.exists():
                 shutil.rmtree(self.tmpdir, ignore_errors=True)
 
-    def _save_console(self, failed: bool) -> None:
+    def mark_failed(self) -> None:
+        """A test using this VM failed: read the guest's journal and dmesg now,
+        while the guest still runs, and keep them with the console log at close."""
+        self._failed = True
+        self.collect_diagnostics()
+
+    def collect_diagnostics(self) -> dict[str, str]:
+        """Read the guest's ``journalctl -b -o short-monotonic`` (init="systemd")
+        and ``dmesg`` into ``self.diagnostics`` ({"journal": text, "dmesg":
+        text}); each read is bounded by DIAGNOSTICS_TIMEOUT, since a failing
+        guest may be wedged."""
+        if not (self._ready and self.alive()):
+            return self.diagnostics
+        commands = {"dmesg": "dmesg"}
+        if self.init == "systemd":
+            commands = {"journal": "journalctl --sync 2>/dev/null; "
+                                   "journalctl -b --no-pager -o short-monotonic", **commands}
+        fresh = {}
+        for name, cmd in commands.items():
+            try:
+                r = self.run(cmd, timeout=DIAGNOSTICS_TIMEOUT)
+            except GuestError as e:
+                fresh[name] = f"vmx: could not read {name}: {str(e).splitlines()[0]}\n"
+                break
+            fresh[name] = r.stdout + (f"vmx: rc={r.rc}\n{r.stderr}" if r.rc else "")
+        self.diagnostics = fresh
+        return fresh
+
+    def _save_logs(self, failed: bool) -> None:
+        """Copy the console log and the diagnostics out of the temp dir
+        (always with VMEM_AGENT_REALKERNEL_LOGDIR, else only for a failed VM)."""
         logdir = os.environ.get("VMEM_AGENT_REALKERNEL_LOGDIR")
         if not self.tmpdir or not self.console_log.exists():
             return
@@ -537,11 +676,17 @@ class GuestVM:
         else:
             return
         dest_dir.mkdir(parents=True, exist_ok=True)
-        dest = dest_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{self.tmpdir.name}.console.log"
+        prefix = f"{time.strftime('%Y%m%d-%H%M%S')}-{self.tmpdir.name}"
+        dest = dest_dir / f"{prefix}.console.log"
         shutil.copy(self.console_log, dest)
         self.saved_console = dest
+        self.saved_logs = {"console": dest}
+        for name, text in self.diagnostics.items():
+            path = dest_dir / f"{prefix}.{name}.log"
+            path.write_text(text)
+            self.saved_logs[name] = path
         if failed:
-            sys.stderr.write(f"vmx: console log of failed VM saved to {dest}\n")
+            sys.stderr.write(f"vmx: logs of failed VM saved to {dest_dir}/{prefix}.*.log\n")
 
     def console_text(self) -> str:
         try:
@@ -663,6 +808,84 @@ class GuestVM:
         dev_id = dev_id or (self.config.virtio_mem.id if self.config.virtio_mem else "vmem0")
         self.qmp.set_virtio_mem_size(dev_id, requested)
 
+    # ------------------------------------------------------------ systemd (init="systemd")
+    def _require_systemd(self, what: str) -> None:
+        if self.init != "systemd":
+            raise GuestError(f"{what} needs VMConfig(init='systemd'); this VM has "
+                             f"init={self.init!r}")
+
+    def systemctl(self, *args: str, check: bool = False, timeout: float = 120.0) -> Result:
+        """``systemctl ARGS`` in the guest.  The default timeout outlasts
+        systemd's own start/stop timeouts (90 s), so a hung job fails there
+        with systemd's message."""
+        self._require_systemd("systemctl")
+        return self.run(["systemctl", *args], timeout, check=check)
+
+    def install_unit(self, name: str, text: str | None,
+                     dropins: Mapping[str, str] | None = None, *,
+                     reload: bool = True) -> str:
+        """Write unit ``name`` to the guest's /etc/systemd/system (its overlay,
+        never the host), its ``dropins`` ({file name: text}; ".conf" added when
+        missing) to ``name``.d/, and daemon-reload.  ``text=None`` writes only
+        the drop-ins, e.g. over a unit a package installed.  Returns the
+        unit's path in the guest."""
+        self._require_systemd("install_unit")
+        staging = f"units/{next(self._ids):06d}"
+        unit_path = f"{GUEST_UNIT_DIR}/{name}"
+        files = {} if text is None else {unit_path: text}
+        for file_name, dropin in (dropins or {}).items():
+            if not file_name.endswith(".conf"):
+                file_name += ".conf"
+            files[f"{unit_path}.d/{file_name}"] = dropin
+        if not files:
+            raise ValueError(f"install_unit({name!r}): neither unit text nor drop-ins")
+        script = ["set -e"]
+        for i, (dest, content) in enumerate(files.items()):
+            src = self.put(f"{staging}/{i}", content)
+            script.append(f"install -D -m 0644 {shlex.quote(src)} {shlex.quote(dest)}")
+        if reload:
+            script.append("systemctl daemon-reload")
+        self.run("\n".join(script), timeout=90, check=True)
+        return unit_path
+
+    def unit_properties(self, unit: str, *names: str, timeout: float = 60.0) -> dict[str, str]:
+        """``systemctl show UNIT --property=NAME,...`` as {name: value}; every
+        property when no names are given."""
+        args = ["show", unit] + ([f"--property={','.join(names)}"] if names else [])
+        props = {}
+        for line in self.systemctl(*args, check=True, timeout=timeout).stdout.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                props[key] = value
+        return props
+
+    def journal(self, unit: str | None = None, since_boot: bool = True, *,
+                output: str = "short-monotonic", timeout: float = 60.0) -> str:
+        """The guest's journal (of ``unit``, when given) after making journald
+        write out what it has received (``journalctl --sync``)."""
+        self._require_systemd("journal")
+        cmd = ["journalctl", "--no-pager", "--quiet", "-o", output]
+        if since_boot:
+            cmd.append("-b")
+        if unit:
+            cmd += ["-u", unit]
+        return self.sh("journalctl --sync 2>/dev/null; " + shlex.join(cmd), timeout)
+
+    def poweroff(self, timeout: float = 60.0) -> bool:
+        """Shut the guest down cleanly (init="systemd": start poweroff.target
+        directly; loop: ``poweroff -f``) and wait for QEMU to exit.  A QEMU
+        still running after ``timeout`` is killed by pid.  Returns True when the
+        guest powered off by itself."""
+        if not self.alive():
+            return False
+        (self._q / "shutdown").write_text("")
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._kill_qemu(graceful=False)
+            return False
+        return self.proc.returncode == 0
+
     def __repr__(self) -> str:
         pid = self.proc.pid if self.proc else None
         return f"<GuestVM {self.name} pid={pid} {self.config.memory} tmp={self.tmpdir}>"
@@ -671,4 +894,6 @@ class GuestVM:
 __all__ = ["GuestVM", "VMConfig", "VirtioMem", "Dimm", "Result", "GuestError",
            "BootError", "GuestCommandTimeout", "GuestCommandError", "GuestProcess",
            "PrerequisiteMissing", "Prerequisites", "check_prerequisites",
-           "QMPError", "GUEST_PYTHON", "GUEST_AGENT", "GUEST_HELPERS"]
+           "QMPError", "GUEST_PYTHON", "GUEST_AGENT", "GUEST_HELPERS",
+           "DEBIAN_PYTHON", "DEBIAN_PYTHON_AGENT", "GUEST_UNIT_DIR", "GUEST_TARGET",
+           "GUEST_RUNNER_UNIT"]
