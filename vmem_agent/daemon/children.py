@@ -57,6 +57,7 @@ class WriterChild:
         self.pid = pid
         self.fd = read_end
         self._received = bytearray()
+        self._closed = False
         self.result: dict | None = None
 
     def on_readable(self) -> bool:
@@ -88,8 +89,15 @@ class WriterChild:
         self._finish(status)
         return True
 
+    def close(self) -> None:
+        """Close the result pipe. The loop unregisters it from its selector first: an fd closed while
+        still registered leaves its epoll entry behind whenever another child inherited the pipe,
+        and that entry then fires for whatever reuses the fd number (a client lost its reply so)."""
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
     def _finish(self, status: int) -> None:
-        os.close(self.fd)
         try:
             self.result = json.loads(self._received)
         except ValueError:
@@ -108,9 +116,10 @@ class WriterChild:
             while (remaining := end - time.monotonic()) > 0:
                 ready, _, _ = select.select([self.fd], [], [], min(remaining, 0.05))
                 if (ready and self.on_readable()) or (not ready and self.reap()):
+                    self.close()
                     return
             log.warning("%s child %d still running %gs after signal %d", self.kind, self.pid, grace, signum)
-        os.close(self.fd)  # left to the kernel (stuck in a write that ignores even SIGKILL)
+        self.close()  # left to the kernel (stuck in a write that ignores even SIGKILL)
         self.result = {"ok": False, "error": f"the {self.kind} child {self.pid} did not stop"}
 
 

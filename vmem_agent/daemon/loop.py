@@ -108,6 +108,7 @@ class Daemon:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the exit code (0 after a clean stop)."""
         self.sysfs.block_size()  # UnsupportedSystemError (exit 3) before anything is changed
+        group_gid = _group_id(self.config.socket_group)  # ConfigError (exit 78) likewise
         os.makedirs(self.runtime_dir, mode=0o755, exist_ok=True)
         wake_read, wake_write = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for end in (wake_read, wake_write):
@@ -121,7 +122,7 @@ class Daemon:
             self.events = MemoryEvents(self.config.event_source, self.config.uevent_buffer_bytes)
             self.selector.register(self.events.fileno(), selectors.EVENT_READ, self._on_uevents)
             control = self.control = ControlServer(
-                self.selector, paths.control_socket_path(self.sysfs.root), _group_id(self.config.socket_group),
+                self.selector, paths.control_socket_path(self.sysfs.root), group_gid,
                 self._on_request, self.clock,
             )
             self.cmdline = self.sysfs.read_optional("proc/cmdline", limit=64 * 1024)
@@ -149,6 +150,10 @@ class Daemon:
     def _stop_children(self) -> None:
         for child in (self.job, self.reload, *self.queries):
             if child is not None:
+                try:
+                    self.selector.unregister(child.fd)
+                except (KeyError, ValueError):
+                    pass
                 child.stop()
                 log.info("%s child %d stopped: %s", child.kind, child.pid, (child.result or {}).get("error", "done"))
         self.job = self.reload = None
@@ -460,7 +465,9 @@ class Daemon:
         self.selector.register(self.reload.fd, selectors.EVENT_READ, lambda mask, child=self.reload: self._child_readable(child))
 
     def _descriptors(self) -> list[int]:
-        return [self.events.fileno(), *self.control.fds()]
+        """What a new writer child closes: the loop's sockets, and the result pipes of the other children."""
+        children = [child.fd for child in (self.job, self.reload, *self.queries) if child is not None]
+        return [self.events.fileno(), *self.control.fds(), *children]
 
     def _child_readable(self, child: WriterChild) -> None:
         if child.on_readable():
@@ -471,6 +478,7 @@ class Daemon:
             self.selector.unregister(child.fd)
         except (KeyError, ValueError):
             pass
+        child.close()
         now = self.clock()
         if child is self.reload:
             self.reload = None
