@@ -14,3 +14,7 @@ ZONE_MODES = ("auto", "movable", "normal")
 DEFAULT_MOVABLE_RATIO = 301  # the kernel's auto_movable_ratio default
 # When to reload kdump after a change: "auto" only if a crash kernel is loaded, "always", or "never".
 KDUMP_MODES = ("auto", "always", "never")
+# The longest deadline or wait any setting takes: bigger ones are typos, and overflow timers.
+MAX_SECONDS = 7 * 24 * 3600.0
+# auto_movable_ratio is a percentage; the kernel takes any uint, the agent up to this.
+MAX_MOVABLE_RATIO = 100_000

@@ -8,7 +8,9 @@ share a lock or a daemon, and nothing of theirs lands in the production paths.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import zlib
 
 CONFIG_PATH = "/etc/vmem-agent/config.toml"
@@ -52,3 +54,15 @@ def state_dir(sysfs_root: str) -> str:
     if _is_production(sysfs_root):
         return STATE_DIR
     return os.path.join(runtime_dir(sysfs_root), "state")
+
+
+def read_regular_file(path: str, limit: int) -> bytes:
+    """Up to `limit` bytes of one of our own files; OSError (EINVAL) when it is no regular file.
+
+    Opened without blocking: a FIFO or a device put in a file's place must not hang the agent.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return handle.read(limit)

@@ -94,5 +94,31 @@ def _exchange(connection: socket.socket, data: bytes, timeout: float, path: str)
         raise VmemError(f"lost the connection to the daemon at {path}: {exc.strerror}") from None
     try:
         return json.loads(received)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise VmemError(f"the daemon at {path} closed the connection without a complete reply") from None
+
+
+def _is_int(value, low: int = 0, high: int | None = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+
+
+def checked_output(result: dict, path: str) -> dict:
+    """A plan/resize/reconcile result as the CLI prints it: text, JSON text and an exit code, or VmemError."""
+    if not (isinstance(result.get("text"), str) and isinstance(result.get("json"), str)
+            and _is_int(result.get("exit_code"), 0, 255)):
+        raise VmemError(f"the daemon at {path} sent a result this vmem-agent does not understand")
+    return result
+
+
+def checked_status(result: dict, path: str) -> dict:
+    """The daemon's status, checked in the fields `vmem-agent status` words (pid, target, job, failed blocks)."""
+    daemon = result.get("daemon")
+    job = daemon.get("job") if isinstance(daemon, dict) else None
+    failed = daemon.get("blocks_failed") if isinstance(daemon, dict) else None
+    if not (isinstance(daemon, dict) and _is_int(daemon.get("pid"), 1)
+            and (daemon.get("target_bytes") is None or _is_int(daemon.get("target_bytes")))
+            and (job is None or isinstance(job, dict) and isinstance(job.get("kind"), str)
+                 and isinstance(job.get("seconds"), (int, float)) and not isinstance(job.get("seconds"), bool))
+            and (failed is None or isinstance(failed, list) and all(_is_int(index) for index in failed))):
+        raise VmemError(f"the daemon at {path} sent a status this vmem-agent does not understand")
+    return result

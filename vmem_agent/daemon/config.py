@@ -9,20 +9,19 @@ vmem-agent.toml(5) and installed with every key commented out is generated from 
 from __future__ import annotations
 
 import difflib
-import math
-import shlex
 import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..core.inputs import check_command, seconds_problem, shown, split_command
 from ..core.sizes import format_size, parse_size
 from ..errors import ConfigError, UsageError
-from ..limits import KDUMP_MODES, OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S, ZONE_MODES
+from ..paths import read_regular_file
+from ..limits import KDUMP_MODES, MAX_MOVABLE_RATIO, MAX_SECONDS, OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S, ZONE_MODES
 
 CONFIG_MAX_BYTES = 1 << 20
 RECONCILE_INTERVAL_S = 60.0
 SETTLE_S = 0.05
-MAX_SECONDS = 7 * 24 * 3600.0  # a week: bigger deadlines are typos, and overflow timers
 KERNEL_ONLINING_MODES = ("auto", "never")
 EVENT_SOURCES = ("kernel", "udev")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -81,9 +80,7 @@ def _positive_size(value: Any) -> int:
 
 def _seconds(minimum: float) -> Callable[[Any], float]:
     def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"expected a number of seconds from {minimum:g} to {MAX_SECONDS:g}")
-        if not minimum <= value <= MAX_SECONDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or seconds_problem(value, minimum):
             raise ValueError(f"expected a number of seconds from {minimum:g} to {MAX_SECONDS:g}")
         return float(value)
 
@@ -91,26 +88,17 @@ def _seconds(minimum: float) -> Callable[[Any], float]:
 
 
 def _percent(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100_000:
-        raise ValueError("expected a whole percentage from 0 to 100000, e.g. 301")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MOVABLE_RATIO:
+        raise ValueError(f"expected a whole percentage from 0 to {MAX_MOVABLE_RATIO}, e.g. 301")
     return value
 
 
 def _command(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        try:
-            argv = shlex.split(value)
-        except ValueError as exc:
-            raise ValueError(f"cannot split the command: {exc}") from None
-    elif isinstance(value, list) and all(isinstance(part, str) for part in value):
-        argv = list(value)
-    else:
-        raise ValueError('expected a command as a string ("kdumpctl reload") or a list of strings')
-    if not argv or not argv[0]:
-        raise ValueError("expected a non-empty command")
-    if any("\0" in part for part in argv):
-        raise ValueError("the command contains a NUL character")
-    return tuple(argv)
+        return split_command(value)
+    if isinstance(value, list) and all(isinstance(part, str) for part in value):
+        return check_command(value)
+    raise ValueError('expected a command as a string ("kdumpctl reload") or a list of strings')
 
 
 def _group_name(value: Any) -> str:
@@ -176,19 +164,18 @@ def parse_config(document: dict[str, Any], path: str | None = None) -> DaemonCon
         if key is None:
             close = difflib.get_close_matches(name, _KEYS_BY_NAME, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(_KEYS_BY_NAME)}"
-            raise ConfigError(f"{where}unknown key {_shown(name)}{hint}")
+            raise ConfigError(f"{where}unknown key {shown(name)}{hint}")
         try:
             values[key.field] = key.check(value)
         except ValueError as exc:
-            raise ConfigError(f"{where}key {name!r}: {exc}, not {_shown(value)}") from None
+            raise ConfigError(f"{where}key {name!r}: {exc}, not {shown(value)}") from None
     return DaemonConfig(path=path, **values)
 
 
 def load_config(path: str, required: bool) -> DaemonConfig:
     """Read and check the config file; an absent file is the defaults unless `required`."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(CONFIG_MAX_BYTES + 1)
+        data = read_regular_file(path, CONFIG_MAX_BYTES + 1)
     except FileNotFoundError:
         if required:
             raise ConfigError(f"{path}: no such file") from None
@@ -203,6 +190,8 @@ def load_config(path: str, required: bool) -> DaemonConfig:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     return parse_config(document, path)
 
 
@@ -218,9 +207,3 @@ def render_default_config() -> str:
         lines.append(f"#{key.name} = {key.default_text}")
         lines.append("")
     return "\n".join(lines)
-
-
-def _shown(value: Any) -> str:
-    """A value for an error line: repr, control characters escaped, long values cut."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

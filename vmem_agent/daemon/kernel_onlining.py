@@ -10,13 +10,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 
+from ..core.onlining import AUTO_MOVABLE_RATIO, AUTO_ONLINE_BLOCKS, ONLINE_POLICY
 from ..errors import SysfsError
-from ..kernel.sysfs import Sysfs
+from ..kernel.sysfs import AUTO_ONLINE_VALUES, ONLINE_POLICIES, Sysfs
 
 log = logging.getLogger(__name__)
 
 SAVED_SETTINGS_NAME = "kernel-onlining.json"
+SAVED_SETTINGS_MAX_BYTES = 4096
+# The files the daemon may set, and the values any of them can hold (what is restored must be one).
+SETTING_VALUES = {
+    ONLINE_POLICY: re.compile("|".join(map(re.escape, ONLINE_POLICIES))),
+    AUTO_MOVABLE_RATIO: re.compile(r"[0-9]{1,10}", re.ASCII),
+    AUTO_ONLINE_BLOCKS: re.compile("|".join(map(re.escape, AUTO_ONLINE_VALUES))),
+}
 
 
 class KernelOnlining:
@@ -72,12 +81,27 @@ class KernelOnlining:
             self.release()
 
     def _saved_originals(self) -> dict[str, str] | None:
+        """The saved settings, or None; a file that is not what _save() writes is ignored, with a warning.
+
+        Only the kernel files the daemon sets, with values of their vocabulary, are ever
+        written back: a damaged file must not send any text to any path under the root.
+        """
         try:
-            with open(self.saved_path, encoding="utf-8") as handle:
-                document = json.load(handle)
-        except (OSError, ValueError):
+            with open(self.saved_path, "rb") as handle:
+                data = handle.read(SAVED_SETTINGS_MAX_BYTES + 1)
+        except FileNotFoundError:
             return None
-        if not isinstance(document, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in document.items()):
+        except OSError as exc:
+            log.warning("cannot read %s: %s", self.saved_path, exc.strerror)
+            return None
+        try:
+            document = json.loads(data) if len(data) <= SAVED_SETTINGS_MAX_BYTES else None
+        except (ValueError, RecursionError):
+            document = None
+        if not isinstance(document, dict) or not all(
+                key in SETTING_VALUES and isinstance(value, str) and SETTING_VALUES[key].fullmatch(value)
+                for key, value in document.items()):
+            log.warning("ignoring %s: not kernel onlining settings saved by vmem-agent", self.saved_path)
             return None
         return document
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 
 from ..errors import VmemError
-from ..paths import TARGET_FILE_NAME
+from ..paths import TARGET_FILE_NAME, read_regular_file
 
 TARGET_FILE_VERSION = 1
 _MAX_BYTES = 4096
@@ -39,15 +40,14 @@ def load_target(state_dir: str) -> StoredTarget | None:
     """The stored target, or None when nothing was stored; TargetFileError when unreadable."""
     path = target_file(state_dir)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(_MAX_BYTES + 1)
+        data = read_regular_file(path, _MAX_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise TargetFileError(f"{path}: cannot read: {exc.strerror}") from None
     try:
         document = json.loads(data) if len(data) <= _MAX_BYTES else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         document = None
     if not isinstance(document, dict) or document.get("version") != TARGET_FILE_VERSION:
         raise TargetFileError(f"{path}: not a vmem-agent target file (remove it, or run `vmem-agent resize`)")
@@ -56,6 +56,22 @@ def load_target(state_dir: str) -> StoredTarget | None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise TargetFileError(f"{path}: invalid target {value!r} (remove it, or run `vmem-agent resize`)")
     return StoredTarget(target, config_target)
+
+
+def check_writable(state_dir: str) -> None:
+    """TargetFileError unless a target could be stored now: checked before a resize writes to the kernel."""
+    path = target_file(state_dir)
+    try:
+        os.makedirs(state_dir, mode=0o755, exist_ok=True)
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise TargetFileError(f"{state_dir}: cannot use the state directory: {exc.strerror}; nothing was written") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise TargetFileError(f"{path} exists and is not a regular file; nothing was written")
+    if not os.access(state_dir, os.W_OK):
+        raise TargetFileError(f"{state_dir}: not writable, the target could not be stored; nothing was written")
 
 
 def store_target(state_dir: str, stored: StoredTarget) -> None:
