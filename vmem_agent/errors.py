@@ -52,6 +52,15 @@ class ConfigError(VmemError):
     exit_code = EXIT_CONFIG
 
 
+class TreeContentError(VmemError):
+    """A file under the root does not read as the kernel writes it: a broken tree, never the user's fault."""
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
 class SysfsError(VmemError):
     """An OS error on a sysfs attribute, with the block (if any), path and errno."""
 

@@ -8,9 +8,14 @@ range, so it tells hot-plugged virtio-mem memory apart from boot memory.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from ..core.inputs import shown
+from ..errors import TreeContentError
+
 VIRTIO_MEM_RESOURCE = "System RAM (virtio_mem)"
+_LINE = re.compile(r"(?P<indent> *)(?P<start>[0-9a-f]{1,16})-(?P<end>[0-9a-f]{1,16}) : (?P<name>.*)", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,25 +27,28 @@ class IomemResource:
     parent: str | None
 
 
-def parse_iomem(text: str) -> list[IomemResource]:
-    """Parse `start-end : name` lines; nesting is two spaces of indent per level."""
+def parse_iomem(text: str, path: str = "/proc/iomem") -> list[IomemResource]:
+    """Parse `start-end : name` lines; nesting is two spaces of indent per level.
+
+    TreeContentError names the first line that is not in the kernel's shape (kernel/resource.c
+    writes every line as `%*s%0*llx-%0*llx : %s`); blank lines are skipped.
+    """
     resources: list[IomemResource] = []
     stack: list[str] = []
-    for line in text.splitlines():
-        stripped = line.lstrip(" ")
-        if not stripped or " : " not in stripped:
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
             continue
-        depth = (len(line) - len(stripped)) // 2
-        span, name = stripped.split(" : ", 1)
-        start_text, _, end_text = span.partition("-")
-        try:
-            start, end = int(start_text, 16), int(end_text, 16)
-        except ValueError:
-            continue
+        match = _LINE.fullmatch(line)
+        start, end = (int(match["start"], 16), int(match["end"], 16)) if match else (1, 0)
+        if start > end:
+            raise TreeContentError(path, f"line {number} reads {shown(line)}, expected 'start-end : name' "
+                                         "with start <= end in hex")
+        depth = len(match["indent"]) // 2
+        name = match["name"].strip()
         del stack[depth:]
         parent = stack[-1] if stack else None
-        resources.append(IomemResource(start, end, name.strip(), depth, parent))
-        stack.append(name.strip())
+        resources.append(IomemResource(start, end, name, depth, parent))
+        stack.append(name)
     return resources
 
 

@@ -95,7 +95,7 @@ def _virtio_mem_sizes(sysfs: Sysfs) -> list[tuple[str, int]]:
     text = sysfs.read_optional(PROC_IOMEM, limit=PROC_FILE_LIMIT)
     if text is None:
         return []
-    resources = parse_iomem(text)
+    resources = parse_iomem(text, sysfs.path(PROC_IOMEM))
     devices = {resource.parent for resource in resources if resource.name == VIRTIO_MEM_RESOURCE and resource.parent}
     return [(f"virtio-mem:{r.name}", r.end - r.start + 1) for r in resources if r.name in devices and r.end > r.start]
 

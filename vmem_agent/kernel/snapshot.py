@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from ..core.model import MemoryBlock, MemoryState
 from ..core.origins import BOOT_ORIGIN, origin_classifier
-from ..errors import BlockVanishedError, UnsupportedSystemError
+from ..errors import BlockVanishedError, TreeContentError, UnsupportedSystemError
 from .e820 import boot_ram_ranges
 from .iomem import parse_iomem, virtio_mem_regions
 from .sysfs import (
-    ACPI_DEVICES_DIR, BOOT_PARAMS, MEMORY_DIR, NODE_DIR, PROC_FILE_LIMIT, PROC_IOMEM, Sysfs, numbered, parse_bool, parse_int,
+    ACPI_DEVICES_DIR, BOOT_PARAMS, MEMORY_DIR, NODE_DIR, PROC_FILE_LIMIT, PROC_IOMEM, ULONG_MAX, Sysfs, checked_flag,
+    checked_number, checked_state, checked_zones, numbered,
 )
 
 ACPI_MEMORY_DEVICE_PREFIX = "PNP0C80:"  # the ACPI memory device: one DIMM
@@ -93,17 +94,19 @@ def _scan_blocks(sysfs: Sysfs, dir_fd, indexes, block_size, present, nodes_by_bl
             raw_state = read(dir_fd, name + "state", index)
             state = decoded.get(raw_state)
             if state is None:
-                state = decoded[raw_state] = raw_state.decode("ascii", "replace").strip()
+                state = decoded[raw_state] = checked_state(raw_state, f"{sysfs.memory_dir}/{name}state")
             zones = None
             if with_zones:
                 raw_zones = read(dir_fd, name + "valid_zones", index)
                 zones = split.get(raw_zones)
                 if zones is None:
-                    zones = split[raw_zones] = tuple(raw_zones.decode("ascii", "replace").split())
+                    zones = split[raw_zones] = checked_zones(raw_zones, f"{sysfs.memory_dir}/{name}valid_zones")
             node = _node_from_links(sysfs, dir_fd, name, index) if node_links else get_node(index, only_node)
-            phys_device = parse_int(_text_at(sysfs, dir_fd, name + "phys_device", index)) if with_phys_device else None
-            removable = parse_bool(_text_at(sysfs, dir_fd, name + "removable", index)) if with_removable else None
-        except BlockVanishedError:
+            phys_device = _number_at(sysfs, dir_fd, name + "phys_device", index) if with_phys_device else None
+            removable = _flag_at(sysfs, dir_fd, name + "removable", index) if with_removable else None
+        except BlockVanishedError as exc:
+            if sysfs.exists(f"{MEMORY_DIR}/{name}"):  # the block is there, one of its files is not: no kernel's tree
+                raise TreeContentError(exc.path, "is missing, while its memory block is present") from None
             continue  # hot-removed while we scanned: it is simply not present any more
         start = index * block_size
         origin, group = classify(index, start) if classify else BOOT_ORIGIN
@@ -114,6 +117,14 @@ def _scan_blocks(sysfs: Sysfs, dir_fd, indexes, block_size, present, nodes_by_bl
 
 def _text_at(sysfs: Sysfs, dir_fd: int, name: str, block: int) -> str:
     return sysfs.read_at(dir_fd, name, block).decode("ascii", "replace").strip()
+
+
+def _number_at(sysfs: Sysfs, dir_fd: int, name: str, block: int) -> int:
+    return checked_number(_text_at(sysfs, dir_fd, name, block), f"{sysfs.memory_dir}/{name}", ULONG_MAX)
+
+
+def _flag_at(sysfs: Sysfs, dir_fd: int, name: str, block: int) -> bool:
+    return checked_flag(_text_at(sysfs, dir_fd, name, block), f"{sysfs.memory_dir}/{name}")
 
 
 def _node_from_links(sysfs: Sysfs, dir_fd: int, name: str, block: int) -> int | None:
@@ -197,7 +208,7 @@ def _virtio_mem_regions(sysfs: Sysfs, warnings: list[str]) -> list[tuple[int, in
     text = sysfs.read_optional(PROC_IOMEM, limit=PROC_FILE_LIMIT)
     if text is None:
         return []
-    resources = parse_iomem(text)
+    resources = parse_iomem(text, sysfs.path(PROC_IOMEM))
     if resources and all(r.start == 0 and r.end == 0 for r in resources):
         warnings.append(f"{sysfs.path(PROC_IOMEM)} shows no addresses (not root?): virtio-mem memory not identified")
         return []

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
-from ..core.model import OFFLINE, ONLINE, KernelParams, MemoryFigures
-from ..errors import SysfsError, UnsupportedSystemError, sysfs_error
+from ..core.inputs import shown
+from ..core.model import GOING_OFFLINE, OFFLINE, ONLINE, KernelParams, MemoryFigures
+from ..errors import SysfsError, TreeContentError, UnsupportedSystemError, sysfs_error
 from .meminfo import memory_figures
 
 MEMORY_DIR = "sys/devices/system/memory"
@@ -32,8 +34,21 @@ BOOT_PARAMS = "sys/kernel/boot_params/data"
 ACPI_DEVICES_DIR = "sys/bus/acpi/devices"
 
 BLOCK_STATES_WRITABLE = ("online", "online_kernel", "online_movable", "offline")
+# What the kernel writes (drivers/base/memory.c, mm/memory_hotplug.c): anything else is a broken tree.
+BLOCK_STATES_READ = (ONLINE, OFFLINE, GOING_OFFLINE)
+KERNEL_ZONES = ("DMA", "DMA32", "Normal", "HighMem", "Movable", "Device", "none")
+AUTO_ONLINE_VALUES = ("offline", "online", "online_kernel", "online_movable")
+ONLINE_POLICIES = ("contig-zones", "auto-movable")
+MEMMAP_ON_MEMORY_FORCE = "force"  # Linux 6.6+: memmap_on_memory=force reads "force", not Y
+UINT_MAX = 2**32 - 1
+ULONG_MAX = 2**64 - 1
+MIN_BLOCK_SIZE = 4096
+_DECIMAL = re.compile(r"[0-9]{1,20}", re.ASCII)
+_HEX = re.compile(r"[0-9a-fA-F]{1,16}", re.ASCII)
 
 _READ_SIZE = 4096  # a sysfs attribute is at most one page
+# O_NONBLOCK: a FIFO in a broken tree must not hang a read (no effect on regular and sysfs files).
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 PROC_FILE_LIMIT = 1 << 20  # /proc/iomem of a big machine is far longer than a page
 _ABSENT = (errno.ENOENT, errno.ENOTDIR)
 
@@ -43,9 +58,12 @@ ALREADY = "already"
 
 
 def numbered(name: str, prefix: str) -> int | None:
-    """N of a sysfs name `<prefix>N` (memory12, node0), or None for any other name."""
+    """N of a sysfs name `<prefix>N` (memory12, node0) as the kernel spells it, or None for any other name
+    (`memory007` or a thousand digits are no kernel's: the block's files would be looked up as memory7)."""
     digits = name[len(prefix) :]
-    return int(digits) if name.startswith(prefix) and digits.isdecimal() and digits.isascii() else None
+    if not name.startswith(prefix) or _DECIMAL.fullmatch(digits) is None or (digits[0] == "0" and digits != "0"):
+        return None
+    return int(digits)
 
 
 def parse_bool(text: str) -> bool | None:
@@ -62,6 +80,43 @@ def parse_int(text: str, base: int = 10) -> int | None:
         return int(text, base)
     except ValueError:
         return None
+
+
+def _as_text(raw: bytes) -> str:
+    """An attribute's bytes as text for checks and messages (non-ASCII bytes shown as escapes)."""
+    return raw.decode("ascii", "backslashreplace").strip()
+
+
+def checked_state(raw: bytes, path: str) -> str:
+    """A block's `state` as the kernel writes it; TreeContentError for anything else."""
+    text = _as_text(raw)
+    if text not in BLOCK_STATES_READ:
+        raise TreeContentError(path, f"reads {shown(text)}, expected one of {', '.join(BLOCK_STATES_READ)}")
+    return text
+
+
+def checked_zones(raw: bytes, path: str) -> tuple[str, ...]:
+    """A block's `valid_zones`, split in the kernel's order; TreeContentError unless it is kernel zone names."""
+    zones = tuple(_as_text(raw).split())
+    if not zones or any(zone not in KERNEL_ZONES for zone in zones) or (len(zones) > 1 and "none" in zones):
+        raise TreeContentError(path, f"reads {shown(_as_text(raw))}, expected zone names ({', '.join(KERNEL_ZONES)}) "
+                                     "separated by spaces, or none")
+    return zones
+
+
+def checked_number(text: str, path: str, maximum: int) -> int:
+    """A decimal attribute (`%u`, `%lu`, `%d` >= 0); TreeContentError for anything else."""
+    if _DECIMAL.fullmatch(text) is None or int(text) > maximum:
+        raise TreeContentError(path, f"reads {shown(text)}, expected a whole number from 0 to {maximum}")
+    return int(text)
+
+
+def checked_flag(text: str, path: str) -> bool:
+    """A boolean attribute (Y/N of a bool module parameter, 0/1 of a flag)."""
+    value = parse_bool(text)
+    if value is None:
+        raise TreeContentError(path, f"reads {shown(text)}, expected Y, N, 1 or 0")
+    return value
 
 
 class Sysfs:
@@ -83,13 +138,20 @@ class Sysfs:
     def read_bytes(self, relative: str, block: int | None = None, limit: int = _READ_SIZE) -> bytes:
         path = self.path(relative)
         try:
-            with open(path, "rb") as handle:
-                return handle.read(limit)
+            fd = os.open(path, _READ_FLAGS)
+            try:
+                chunks = []
+                while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 16))):
+                    chunks.append(chunk)
+                    limit -= len(chunk)
+                return b"".join(chunks)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise sysfs_error(exc, path, block, "read") from None
 
     def read_text(self, relative: str, block: int | None = None, limit: int = _READ_SIZE) -> str:
-        return self.read_bytes(relative, block, limit).decode("ascii", "replace").strip()
+        return self.read_bytes(relative, block, limit).decode("ascii", "backslashreplace").strip()
 
     def read_optional(self, relative: str, limit: int = _READ_SIZE) -> str | None:
         """Read an attribute that older kernels or other setups may lack (None if absent)."""
@@ -156,7 +218,7 @@ class Sysfs:
     def read_at(self, dir_fd: int, name: str, block: int | None = None) -> bytes:
         """A small attribute relative to an open directory; BlockVanishedError when it is gone."""
         try:
-            fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+            fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
             try:
                 return os.read(fd, _READ_SIZE)
             finally:
@@ -194,9 +256,11 @@ class Sysfs:
         text = self.read_optional(f"{MEMORY_DIR}/block_size_bytes")
         if text is None:
             self._raise_unsupported()
-        size = parse_int(text, 16)
-        if not size or size <= 0:
-            raise UnsupportedSystemError(f"{self.path(MEMORY_DIR)}/block_size_bytes: unreadable block size {text!r}")
+        size = int(text, 16) if _HEX.fullmatch(text) else 0
+        if size < MIN_BLOCK_SIZE or size & (size - 1):
+            raise UnsupportedSystemError(
+                f"{self.path(MEMORY_DIR)}/block_size_bytes: unreadable block size {shown(text)}: expected a power "
+                f"of two of at least {MIN_BLOCK_SIZE:x} in hex, as the kernel writes it (e.g. 8000000)")
         return size
 
     def _raise_unsupported(self) -> None:
@@ -210,32 +274,42 @@ class Sysfs:
         raise UnsupportedSystemError(f"{self.memory_dir}/block_size_bytes: missing: this system does not support memory blocks")
 
     def kernel_params(self) -> KernelParams:
-        ratio = self.read_optional(f"{PARAMS_DIR}/auto_movable_ratio")
-        numa = self.read_optional(f"{PARAMS_DIR}/auto_movable_numa_aware")
         memmap = self.read_optional(f"{PARAMS_DIR}/memmap_on_memory")
         return KernelParams(
-            online_policy=self.read_optional(f"{PARAMS_DIR}/online_policy"),
-            auto_movable_ratio=parse_int(ratio) if ratio is not None else None,
-            auto_movable_numa_aware=parse_bool(numa) if numa is not None else None,
-            memmap_on_memory=parse_bool(memmap) if memmap is not None else None,
+            online_policy=self._read_word(f"{PARAMS_DIR}/online_policy", ONLINE_POLICIES),
+            auto_movable_ratio=self._read_number(f"{PARAMS_DIR}/auto_movable_ratio", UINT_MAX),
+            auto_movable_numa_aware=self._read_flag(f"{PARAMS_DIR}/auto_movable_numa_aware"),
+            memmap_on_memory=None if memmap is None else (
+                memmap == MEMMAP_ON_MEMORY_FORCE or checked_flag(memmap, self.path(f"{PARAMS_DIR}/memmap_on_memory"))),
         )
 
     def auto_online_blocks(self) -> str | None:
-        return self.read_optional(f"{MEMORY_DIR}/auto_online_blocks")
+        return self._read_word(f"{MEMORY_DIR}/auto_online_blocks", AUTO_ONLINE_VALUES)
 
     def crash_hotplug(self) -> bool | None:
         """Whether the kernel updates the crash image itself on hotplug (None: unknown)."""
-        text = self.read_optional(f"{MEMORY_DIR}/crash_hotplug")
-        return parse_bool(text) if text is not None else None
+        return self._read_flag(f"{MEMORY_DIR}/crash_hotplug")
 
     def kexec_crash_loaded(self) -> bool | None:
-        text = self.read_optional(KEXEC_CRASH_LOADED)
-        return parse_bool(text) if text is not None else None
+        return self._read_flag(KEXEC_CRASH_LOADED)
 
     def kexec_crash_size(self) -> int | None:
         """Bytes reserved for a crash kernel (crashkernel=), None when unknown."""
-        text = self.read_optional(KEXEC_CRASH_SIZE)
-        return parse_int(text) if text is not None else None
+        return self._read_number(KEXEC_CRASH_SIZE, ULONG_MAX)
+
+    def _read_word(self, relative: str, vocabulary: tuple[str, ...]) -> str | None:
+        text = self.read_optional(relative)
+        if text is None or text in vocabulary:
+            return text
+        raise TreeContentError(self.path(relative), f"reads {shown(text)}, expected one of {', '.join(vocabulary)}")
+
+    def _read_number(self, relative: str, maximum: int) -> int | None:
+        text = self.read_optional(relative)
+        return None if text is None else checked_number(text, self.path(relative), maximum)
+
+    def _read_flag(self, relative: str) -> bool | None:
+        text = self.read_optional(relative)
+        return None if text is None else checked_flag(text, self.path(relative))
 
     def kernel_cmdline(self) -> str | None:
         return self.read_optional(PROC_CMDLINE, limit=PROC_FILE_LIMIT)
@@ -245,12 +319,15 @@ class Sysfs:
         return self.read_optional(PROC_ARCH)
 
     def memory_figures(self) -> MemoryFigures | None:
-        """MemTotal and MemAvailable of this root's /proc/meminfo (None: unknown)."""
+        """MemTotal and MemAvailable of this root's /proc/meminfo (None: unknown or unreadable)."""
         try:
-            text = self.read_bytes(PROC_MEMINFO, limit=PROC_FILE_LIMIT).decode("ascii", "replace")
+            text = self.read_bytes(PROC_MEMINFO, limit=PROC_FILE_LIMIT).decode("ascii", "backslashreplace")
         except SysfsError:
             return None
-        return memory_figures(text)
+        try:
+            return memory_figures(text)
+        except ValueError as exc:
+            raise TreeContentError(self.path(PROC_MEMINFO), str(exc)) from None
 
     def block_indexes(self) -> list[int]:
         """Indexes of all present blocks, in numeric order (memory10 after memory9)."""
@@ -263,11 +340,13 @@ class Sysfs:
         return sorted(index for name in names if (index := numbered(name, "memory")) is not None)
 
     def read_state(self, index: int) -> str:
-        return self.read_text(f"{MEMORY_DIR}/memory{index}/state", block=index)
+        relative = f"{MEMORY_DIR}/memory{index}/state"
+        return checked_state(self.read_bytes(relative, block=index), self.path(relative))
 
     def read_zones(self, index: int) -> tuple[str, ...]:
         """valid_zones of one block, split in the kernel's order."""
-        return tuple(self.read_text(f"{MEMORY_DIR}/memory{index}/valid_zones", block=index).split())
+        relative = f"{MEMORY_DIR}/memory{index}/valid_zones"
+        return checked_zones(self.read_bytes(relative, block=index), self.path(relative))
 
     def snapshot(self, legacy: bool = False):
         """Every block and the global attributes as one frozen `MemoryState` (see kernel.snapshot)."""
