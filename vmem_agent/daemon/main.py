@@ -7,6 +7,7 @@ import os
 import sys
 
 from ..errors import EXIT_OK
+from ..logformat import LineFormatter
 from ..kernel.sysfs import Sysfs
 from .config import KEYS, DaemonConfig, load_config
 
@@ -35,7 +36,7 @@ def setup_logging(level_name: str) -> None:
     if stderr_is_journal():
         handler.setFormatter(_JournalFormatter())
     else:
-        handler.setFormatter(logging.Formatter("vmem-agent: %(levelname)s: %(message)s"))
+        handler.setFormatter(LineFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

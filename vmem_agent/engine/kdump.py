@@ -60,14 +60,20 @@ def reload_after_change(
     run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
     sleep: Callable[[float], None] = time.sleep,
     which: Callable[[str], str | None] = shutil.which,
+    time_left: float | None = None,
 ) -> KdumpOutcome:
-    """Decide whether a reload is needed after a change, and run it if so."""
+    """Decide whether a reload is needed after a change, and run it if so.
+
+    `time_left` is what remains of the run's overall deadline: the reload (and the
+    crash_hotplug re-check) never takes longer, whatever its own timeout.
+    """
+    timeout = config.timeout if time_left is None else min(config.timeout, time_left)
     if config.mode == "never":
         return KdumpOutcome("skipped", "kdump reload disabled (--kdump never)")
     loaded = sysfs.kexec_crash_loaded()
     crash_hotplug = sysfs.crash_hotplug()
     if crash_hotplug is False and loaded:
-        sleep(config.recheck_delay)
+        sleep(max(0.0, min(config.recheck_delay, timeout)))
         crash_hotplug = sysfs.crash_hotplug()
     if crash_hotplug:
         return KdumpOutcome("skipped", "the kernel updates the crash image itself (crash_hotplug=1)")
@@ -77,15 +83,18 @@ def reload_after_change(
     command = config.command or detect_reload_command(which)
     if command is None:
         return KdumpOutcome("failed", "no kdump reload command found (kdumpctl, kdump-config, systemctl)")
-    return _run_reload(command, config.timeout, run)
+    if timeout <= 0:
+        return KdumpOutcome("failed", "not run: the overall deadline (--timeout) had expired", tuple(command))
+    return _run_reload(command, timeout, run, bounded_by_deadline=timeout < config.timeout)
 
 
-def _run_reload(command: Sequence[str], timeout: float, run) -> KdumpOutcome:
+def _run_reload(command: Sequence[str], timeout: float, run, bounded_by_deadline: bool = False) -> KdumpOutcome:
     command = tuple(command)
     try:
-        completed = run(list(command), capture_output=True, text=True, timeout=timeout)
+        completed = run(list(command), capture_output=True, text=True, errors="replace", timeout=timeout)
     except subprocess.TimeoutExpired:
-        return KdumpOutcome("failed", f"timed out after {timeout:g}s", command)
+        why = " (what was left of the overall deadline, --timeout)" if bounded_by_deadline else ""
+        return KdumpOutcome("failed", f"timed out after {timeout:.3g}s{why}", command)
     except OSError as exc:
         return KdumpOutcome("failed", f"cannot run: {exc.strerror}", command)
     if completed.returncode != 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import time
 
 from ..errors import LockBusyError, VmemError
@@ -29,9 +30,12 @@ class WriterLock:
     def __enter__(self) -> "WriterLock":
         try:
             os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, 0o644)
         except OSError as exc:
             raise VmemError(f"cannot open lock file {self.path}: {os.strerror(exc.errno)}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # /dev/null, a FIFO, a tty: no lock, and no pid in it
+            os.close(fd)
+            raise VmemError(f"lock file {self.path} is not a regular file")
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -49,8 +53,12 @@ class WriterLock:
                         + (f" (waited {self.wait:g}s)" if self.wait else "; use --wait SECONDS to wait for it")
                     ) from None
                 time.sleep(LOCK_POLL_INTERVAL_S)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            os.close(fd)
+            raise VmemError(f"cannot write lock file {self.path}: {os.strerror(exc.errno)}") from None
         self._fd = fd
         return self
 

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from ..core import policy
-from ..errors import UsageError
+from ..errors import UsageError, VmemError
 from .executor import (
     ALREADY,
     DONE,
@@ -28,6 +28,7 @@ from .kdump import KdumpConfig, reload_after_change
 from ..limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
 from ..paths import lock_path as default_lock_path
 from .lock import WriterLock
+from ..core.blocklists import BlockList, parse_blocks_or_size, select_present
 from ..core.model import MemoryState
 from ..core.sizes import format_size, parse_size, resolve_target
 
@@ -75,17 +76,15 @@ def resize(sysfs, size_text: str, options: RunOptions) -> RunResult:
 
 def change_blocks(sysfs, operation: str, spec: str, options: RunOptions, force: bool = False) -> RunResult:
     """`online`/`offline` of explicit blocks (`12`, `12-20`, `3,5-7`) or of an amount (`1G`)."""
+    request = parse_blocks_or_size(spec)
     state = sysfs.snapshot()
-    indexes = parse_block_list(spec) if _looks_like_blocks(spec) else None
     result = RunResult(target_bytes=None, initial_online_bytes=state.online_bytes, dry_run=options.dry_run)
-    if indexes is not None:
-        present = {block.index for block in state.blocks}
-        missing = [index for index in indexes if index not in present]
-        if missing:
-            raise UsageError(f"no such memory block: {', '.join(map(str, missing[:10]))}" + (" ..." if len(missing) > 10 else ""))
+    if isinstance(request, BlockList):
+        indexes = select_present(request, [block.index for block in state.blocks])
         request = indexes
     else:
-        request = parse_size(spec, allow_relative=False).bytes
+        indexes = None
+        request = request.bytes
         if request % state.block_size:
             raise UsageError(f"{spec!r} is not a multiple of the {format_size(state.block_size)} block size")
         if request == 0:
@@ -105,26 +104,24 @@ def change_blocks(sysfs, operation: str, spec: str, options: RunOptions, force: 
     return _run(sysfs, state, make_plan, result, options, one_round=indexes is not None)
 
 
-def _looks_like_blocks(spec: str) -> bool:
-    stripped = spec.replace(" ", "")
-    return bool(stripped) and all(part.replace("-", "", 1).isdigit() for part in stripped.split(","))
+class StoppedAfterWrites(VmemError):
+    """A run that had changed blocks ended with an error; `result` still says what was written."""
 
+    def __init__(self, result: RunResult, cause: Exception):
+        self.result = result
+        self.cause = cause if isinstance(cause, VmemError) else f"internal error: {type(cause).__name__}: {cause}"
+        super().__init__(f"stopped after changing blocks: {self.cause}")
+        result.reached = False
+        result.final_online_bytes = result.initial_online_bytes + sum(
+            (b.end - b.start + 1) * (-1 if b.operation == "offline" else 1) for b in result.blocks if b.changed)
 
-def parse_block_list(spec: str) -> list[int]:
-    """`12`, `12-20`, `3,5-7` -> sorted unique block indexes; UsageError otherwise."""
-    indexes: set[int] = set()
-    for part in spec.replace(" ", "").split(","):
-        first, dash, last = part.partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()):
-            raise UsageError(f"invalid block list {spec!r}: expected N, N-M or a comma-separated list of them")
-        low, high = int(first), int(last) if dash else int(first)
-        if high < low:
-            raise UsageError(f"invalid block range {part!r} in {spec!r}: {high} < {low}")
-        indexes.update(range(low, high + 1))
-    return sorted(indexes)
+    @property
+    def exit_code(self) -> int:
+        return self.result.exit_code
 
 
 def _run(sysfs, state: MemoryState, make_plan, result: RunResult, options: RunOptions, one_round: bool = False) -> RunResult:
+    deadline = Deadline(options.timeout)  # bounds the lock wait, the writes and the kdump reload
     if options.dry_run:
         plan = make_plan(state, frozenset())
         result.notes.extend(plan.notes)
@@ -136,13 +133,19 @@ def _run(sysfs, state: MemoryState, make_plan, result: RunResult, options: RunOp
         result.reached = plan.shortfall_bytes == 0
         return result
     lock_path = options.lock_path or default_lock_path(sysfs.root)
-    with WriterLock(lock_path, options.lock_wait):
-        _apply_rounds(sysfs, state, make_plan, result, options, one_round)
-        final = sysfs.snapshot()
+    with WriterLock(lock_path, min(options.lock_wait, deadline.remaining())):
+        try:
+            _apply_rounds(sysfs, state, make_plan, result, options, one_round, deadline)
+            final = sysfs.snapshot()
+        except Exception as exc:
+            if not result.changed:
+                raise
+            log.debug("run stopped after writes", exc_info=True)
+            raise StoppedAfterWrites(result, exc) from None
         result.final_online_bytes = final.online_bytes
         result.reached = _reached(result, final)
         if result.changed:
-            result.kdump = reload_after_change(sysfs, options.kdump)
+            result.kdump = reload_after_change(sysfs, options.kdump, time_left=deadline.remaining())
             level = logging.WARNING if result.kdump.action == "failed" else logging.INFO
             log.log(level, "kdump reload %s: %s", result.kdump.action, result.kdump.reason)
     return result
@@ -155,9 +158,9 @@ def _reached(result: RunResult, final: MemoryState) -> bool:
     return result.planned_shortfall_bytes == 0 and all(r.outcome in (DONE, ALREADY) for r in result.blocks)
 
 
-def _apply_rounds(sysfs, state, make_plan, result: RunResult, options: RunOptions, one_round: bool) -> None:
+def _apply_rounds(sysfs, state, make_plan, result: RunResult, options: RunOptions, one_round: bool,
+                  deadline: Deadline) -> None:
     writer = BlockWriter(sysfs, block_timeout=options.block_timeout)
-    deadline = Deadline(options.timeout)
     excluded: set[int] = set()
     for _round in range(MAX_PLANNING_ROUNDS):
         plan = make_plan(state, frozenset(excluded))
