@@ -1,7 +1,9 @@
 """The `vmem-agent` command: a thin click shell over the gateway and the engine.
 
 Heavy modules are imported inside the commands so that `--help` starts fast.
-Every `VmemError` becomes one line on stderr and its exit code; no tracebacks.
+Every error, ours (`VmemError`) and click's own usage errors alike, becomes one line
+`vmem-agent: ...` on stderr and its exit code; no tracebacks. Output errors are handled
+in cli.streams.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ from ..errors import (
     EXIT_UNSUPPORTED, EXIT_USAGE, UsageError, VmemError,
 )
 from ..limits import KDUMP_MODES, OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S, ZONE_MODES
+from .params import (
+    BlocksOrSizeType, CommandType, LockFileType, PercentType, RootType, SecondsType, SizeArgumentCommand, SizeType,
+    TargetSizeType,
+)
+from .streams import EXIT_BROKEN_PIPE, OutputError, error_line, install, output_error_exit_code
 
 STATUS_QUERY_TIMEOUT_S = 5.0  # the daemon answers status from its loop at once
 DAEMON_RUN_TIMEOUT_S = 3600.0  # a resize through the daemon: its own deadlines end the run long before
@@ -25,14 +32,16 @@ DAEMON_CONFIGURED_OPTIONS = ("zone", "movable_ratio", "reserve", "min_online", "
 EXIT_CODES_HELP = f"""\b
 Exit codes:
   {EXIT_OK}   done: the target or the requested state was reached
-  {EXIT_FAILURE}   failed: nothing could be done (or an unexpected error)
-  {EXIT_USAGE}   usage error: bad size, block list or option
+  {EXIT_FAILURE}   failed: nothing could be done, or a file under the root reads wrong
+  {EXIT_USAGE}   usage error: bad size, block list, option or VMEM_AGENT_* variable
   {EXIT_UNSUPPORTED}   no memory-block sysfs under the root (wrong --sysfs-root, or no hotplug)
   {EXIT_BUSY}   another vmem-agent writer holds the lock (see --wait)
   {EXIT_DOCTOR_WARNINGS} {EXIT_DOCTOR_ERRORS}  doctor: warnings / errors found
-  {EXIT_PARTIAL}  partial: some blocks changed, the target was not fully reached
+  {EXIT_PARTIAL}  partial: some blocks changed, the target was not fully reached (or an error
+       stopped the run after its writes)
   {EXIT_CONFIG}  daemon: invalid configuration file
   130 143  interrupted by SIGINT / SIGTERM (a running offline writer is stopped first)
+  {EXIT_BROKEN_PIPE}  stdout was closed (| head); after writes to the kernel, the run's code
 """
 
 
@@ -45,7 +54,23 @@ def _raise_terminated(signum, frame):
 
 
 class AgentGroup(click.Group):
-    """Turns our errors into one line and an exit code, for every subcommand."""
+    """Turns every error into one line and an exit code, for every subcommand and click's own parsing."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        install()
+        try:
+            try:
+                code = super().main(args, prog_name or "vmem-agent", standalone_mode=False, **extra)
+            except click.ClickException as exc:
+                error_line(_click_message(exc))
+                code = exc.exit_code
+            except click.Abort:
+                error_line("aborted")
+                code = EXIT_FAILURE
+            sys.stdout.flush()
+        except OutputError as exc:
+            code = output_error_exit_code(exc)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
 
     def invoke(self, ctx: click.Context):
         import signal
@@ -54,13 +79,13 @@ class AgentGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VmemError as exc:
-            click.echo(f"vmem-agent: {exc}", err=True)
+            error_line(str(exc))
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("vmem-agent: interrupted", err=True)
+            error_line("interrupted")
             ctx.exit(128 + signal.SIGINT)
         except Terminated:
-            click.echo("vmem-agent: terminated", err=True)
+            error_line("terminated")
             ctx.exit(128 + signal.SIGTERM)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -68,13 +93,28 @@ class AgentGroup(click.Group):
             import logging
 
             logging.getLogger(__name__).debug("internal error", exc_info=True)
-            click.echo(f"vmem-agent: internal error: {type(exc).__name__}: {exc} (run with -vv for details)", err=True)
+            error_line(f"internal error: {type(exc).__name__}: {exc} (run with -vv for details)")
             ctx.exit(EXIT_FAILURE)
 
 
-@click.group(cls=AgentGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+def _click_message(exc: click.ClickException) -> str:
+    """click's message in our style: `resize: no such option '--sizee'; did you mean '--size'?; see ...`."""
+    message = exc.format_message().replace(". (Did you mean", " (did you mean").replace(". Did you mean", "; did you mean")
+    message = message.replace(" Did you mean", "; did you mean").rstrip(".")
+    if message[1:2].islower() or message[1:2] == " ":
+        message = message[:1].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    if not isinstance(exc, click.UsageError) or ctx is None:
+        return message
+    command = ctx.command_path.partition(" ")[2]
+    return f"{command + ': ' if command else ''}{message}; see '{ctx.command_path} --help'"
+
+
+@click.group(cls=AgentGroup, epilog=EXIT_CODES_HELP, no_args_is_help=False,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--sysfs-root",
+    type=RootType(),
     envvar="VMEM_AGENT_SYSFS_ROOT",
     default="/",
     show_default=True,
@@ -88,11 +128,12 @@ def main(ctx: click.Context, sysfs_root: str, verbose: int) -> None:
     """Online and offline hot-plugged memory blocks of a Linux guest."""
     import logging
 
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(verbose, 2),
-        format="vmem-agent: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from ..logformat import LineFormatter
+
+    logging.raiseExceptions = False  # a log line that cannot be written is dropped, never a traceback
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LineFormatter())
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), handlers=[handler])
     ctx.obj = {"sysfs_root": sysfs_root, "verbose": verbose}
 
 
@@ -115,7 +156,7 @@ def status(ctx: click.Context, as_json: bool, per_block: bool, no_summary: bool,
     sysfs = _gateway(ctx)
     state = sysfs.snapshot(legacy=legacy)
     for warning in state.warnings:
-        click.echo(f"vmem-agent: warning: {warning}", err=True)
+        error_line(f"warning: {warning}")
     onlining = _onlining_facts(sysfs, state)
     if as_json:
         click.echo(report.render_status_json(state, legacy, onlining))
@@ -137,16 +178,17 @@ def _onlining_facts(sysfs, state) -> dict:
     facts = {"daemon": None, "daemon_access": True, "stored_target_bytes": None}
     try:
         answer = client.ask(sysfs.root, Request("status"), timeout=STATUS_QUERY_TIMEOUT_S)
-        facts["daemon"] = answer["daemon"] if answer else None
+        if answer is not None:
+            facts["daemon"] = client.checked_status(answer, paths.control_socket_path(sysfs.root))["daemon"]
     except client.DaemonAccessDenied:
         facts["daemon_access"] = False
     except VmemError as exc:
-        click.echo(f"vmem-agent: warning: {exc}", err=True)
+        error_line(f"warning: {exc}")
     try:
         stored = load_target(paths.state_dir(sysfs.root))
         facts["stored_target_bytes"] = stored.target_bytes if stored else None
     except TargetFileError as exc:
-        click.echo(f"vmem-agent: warning: {exc}", err=True)
+        error_line(f"warning: {exc}")
     daemon = facts["daemon"]
     kernel = onliner_description(state.auto_online_blocks, sysfs.read_optional("proc/cmdline", limit=65536),
                                  bool(daemon and daemon.get("onlining") == "kernel"))
@@ -159,29 +201,13 @@ def _onlining_facts(sysfs, state) -> dict:
     return facts
 
 
-class SizeType(click.ParamType):
-    """A size option (`512M`, `1G`), parsed by the one size parser."""
-
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        from ..core.sizes import parse_size
-
-        try:
-            return parse_size(value, allow_relative=False).bytes
-        except VmemError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 def policy_options(command):
     """Options shared by the commands that plan: zone choice and the offline floor."""
     options = [
         click.option("--zone", type=click.Choice(ZONE_MODES), default="auto", show_default=True,
                      envvar="VMEM_AGENT_ZONE",
                      help="auto: Movable while the ratio rule allows, else Normal; movable/normal: force the zone."),
-        click.option("--movable-ratio", type=click.IntRange(min=0), default=None, metavar="PERCENT",
+        click.option("--movable-ratio", type=PercentType(), default=None, metavar="PERCENT",
                      envvar="VMEM_AGENT_MOVABLE_RATIO",
                      help="Movable memory allowed, in percent of boot kernel memory (default: the kernel's "
                           "auto_movable_ratio, else 301)."),
@@ -198,20 +224,21 @@ def policy_options(command):
 def write_options(command):
     """Options shared by the commands that write: deadlines, lock, kdump, output."""
     options = [
-        click.option("--timeout", type=click.FloatRange(min=0.1), default=RESIZE_TIMEOUT_S, show_default=True, metavar="SECONDS",
-                     help="Overall deadline for the run."),
-        click.option("--block-timeout", type=click.FloatRange(min=0.1), default=OFFLINE_BLOCK_TIMEOUT_S, show_default=True,
-                     metavar="SECONDS", envvar="VMEM_AGENT_BLOCK_TIMEOUT",
+        click.option("--timeout", type=SecondsType(0.1), default=RESIZE_TIMEOUT_S, show_default=True,
+                     help="Overall deadline for the run: the lock wait, the writes and the kdump reload."),
+        click.option("--block-timeout", type=SecondsType(0.1), default=OFFLINE_BLOCK_TIMEOUT_S, show_default=True,
+                     envvar="VMEM_AGENT_BLOCK_TIMEOUT",
                      help="Interrupt an offline write that has not finished by then and try another block."),
-        click.option("--wait", "lock_wait", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
-                     help="Wait this long for another vmem-agent writer to finish instead of failing at once."),
-        click.option("--lock-file", default=None, envvar="VMEM_AGENT_LOCK_FILE", metavar="PATH",
+        click.option("--wait", "lock_wait", type=SecondsType(0.0), default=0.0,
+                     help="Wait this long (within --timeout) for another vmem-agent writer to finish instead of "
+                          "failing at once."),
+        click.option("--lock-file", type=LockFileType(), default=None, envvar="VMEM_AGENT_LOCK_FILE",
                      help="Lock file (default: /run/vmem-agent/lock, or one per --sysfs-root)."),
         click.option("--kdump", "kdump_mode", type=click.Choice(KDUMP_MODES), default="auto",
                      show_default=True, envvar="VMEM_AGENT_KDUMP",
                      help="Reload kdump after a change: auto = only if a crash kernel is loaded and the kernel "
                           "does not update it itself (crash_hotplug)."),
-        click.option("--kdump-command", default=None, envvar="VMEM_AGENT_KDUMP_COMMAND", metavar="COMMAND",
+        click.option("--kdump-command", type=CommandType(), default=None, envvar="VMEM_AGENT_KDUMP_COMMAND",
                      help="Reload command, split like a shell would but run without one (default: kdumpctl "
                           "reload, kdump-config reload or systemctl try-restart kdump.service)."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
@@ -229,17 +256,12 @@ def _policy_config(state_params, kw):
 
 
 def _run_options(sysfs, kw, dry_run=False):
-    import shlex
-
     from ..engine.runner import RunOptions
     from ..engine.kdump import KdumpConfig
 
-    command = tuple(shlex.split(kw["kdump_command"])) if kw.get("kdump_command") else None
-    if kw.get("kdump_command") is not None and not command:
-        raise click.BadParameter("empty command", param_hint="--kdump-command")
     return RunOptions(
         policy=_policy_config(sysfs.kernel_params(), kw),
-        kdump=KdumpConfig(mode=kw["kdump_mode"], command=command),
+        kdump=KdumpConfig(mode=kw["kdump_mode"], command=kw["kdump_command"]),
         block_timeout=kw["block_timeout"],
         timeout=kw["timeout"],
         lock_path=kw["lock_file"],
@@ -248,16 +270,45 @@ def _run_options(sysfs, kw, dry_run=False):
     )
 
 
-def _finish(ctx: click.Context, result, as_json: bool) -> None:
+def _finish(ctx: click.Context, result, as_json: bool, error: VmemError | None = None,
+            exit_code: int | None = None) -> None:
+    """Print a direct run's output and exit with its code; `error`: what went wrong after its writes."""
     from . import report
 
-    _print_output(ctx, report.run_output(result), as_json)
+    output = report.run_output(result)
+    if exit_code is not None:
+        output["exit_code"] = exit_code
+    _print_output(ctx, output, as_json, wrote=result.changed, error=error)
 
 
-def _print_output(ctx: click.Context, output: dict, as_json: bool) -> None:
-    """Print a run's or plan's output dict, made here or by the daemon, and exit with its code."""
-    click.echo(output["json"] if as_json else output["text"])
+def _print_output(ctx: click.Context, output: dict, as_json: bool, wrote: bool | None = None,
+                  error: VmemError | None = None) -> None:
+    """Print a run's or plan's output dict, made here or by the daemon, and exit with its code.
+
+    `wrote`: blocks were changed (None: as the daemon's run says). Then a stdout that fails
+    still leaves the run's exit code, and an `error` after the writes is one line on stderr.
+    """
+    if wrote is None:
+        wrote = any(block.get("outcome") == "done" for block in (output.get("run") or {}).get("blocks", ()))
+    try:
+        click.echo(output["json"] if as_json else output["text"])
+    except OutputError as exc:
+        exc.result_code = output["exit_code"] if wrote else None
+        raise
+    finally:
+        if error is not None:
+            error_line(str(error))
     ctx.exit(output["exit_code"])
+
+
+def _run_engine(ctx: click.Context, run, as_json: bool):
+    """The result of `run()`; a run that ended in an error after writes is printed as far as it got."""
+    from ..engine.runner import StoppedAfterWrites
+
+    try:
+        return run()
+    except StoppedAfterWrites as stopped:
+        _finish(ctx, stopped.result, as_json, stopped)
 
 
 def _ask_daemon(ctx: click.Context, request, timeout: float):
@@ -280,12 +331,13 @@ def _ask_daemon(ctx: click.Context, request, timeout: float):
     output = client.ask(ctx.obj["sysfs_root"], request, timeout)
     if output is None:
         raise VmemError("the vmem-agent daemon stopped before it answered; nothing was asked of it")
-    return output
+    from .. import paths
+
+    return client.checked_output(output, paths.control_socket_path(ctx.obj["sysfs_root"]))
 
 
-# ignore_unknown_options: `-512M` is a relative size, not an unknown option.
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("size", required=False)
+@main.command(cls=SizeArgumentCommand)
+@click.argument("size", required=False, type=TargetSizeType())
 @click.option("--clear", is_flag=True, help="Drop the target: the daemon onlines every hot-added block again.")
 @policy_options
 @write_options
@@ -315,11 +367,20 @@ def resize(ctx: click.Context, size: str | None, clear: bool, dry_run: bool, **k
         output = {"text": "target cleared: a daemon started later onlines every hot-added block",
                   "json": '{"message":"target cleared"}', "exit_code": EXIT_OK}
         _print_output(ctx, output, kw["as_json"])
+    from .. import paths
+    from ..daemon.target_store import TargetFileError, check_writable
     from ..engine import runner as engine
 
-    result = engine.resize(sysfs, size, _run_options(sysfs, kw, dry_run))
+    options = _run_options(sysfs, kw, dry_run)
     if not dry_run:
-        _store_target(sysfs.root, result.target_bytes)
+        check_writable(paths.state_dir(sysfs.root))  # before any write: the target must be storable
+    result = _run_engine(ctx, lambda: engine.resize(sysfs, size, options), kw["as_json"])
+    if not dry_run:
+        try:
+            _store_target(sysfs.root, result.target_bytes)
+        except TargetFileError as exc:  # after the writes: they are reported, and the run counts as partial
+            error = VmemError(f"{exc}; memory was resized as shown, but the target is not stored")
+            _finish(ctx, result, kw["as_json"], error, exit_code=EXIT_PARTIAL if result.changed else EXIT_FAILURE)
     _finish(ctx, result, kw["as_json"])
 
 
@@ -337,8 +398,8 @@ def _store_target(sysfs_root: str, target_bytes: int | None) -> None:
     store_target(paths.state_dir(sysfs_root), StoredTarget(target_bytes, config_target))
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("size")
+@main.command(cls=SizeArgumentCommand)
+@click.argument("size", type=TargetSizeType())
 @policy_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.pass_context
@@ -359,7 +420,7 @@ def plan(ctx: click.Context, size: str, as_json: bool, **kw) -> None:
 
 
 @main.command()
-@click.argument("blocks_or_size", metavar="BLOCKS|SIZE")
+@click.argument("blocks_or_size", metavar="BLOCKS|SIZE", type=BlocksOrSizeType())
 @policy_options
 @write_options
 @click.option("--dry-run", is_flag=True, help="Plan and print, write nothing.")
@@ -369,12 +430,13 @@ def online(ctx: click.Context, blocks_or_size: str, dry_run: bool, **kw) -> None
     from ..engine import runner as engine
 
     sysfs = _gateway(ctx)
-    result = engine.change_blocks(sysfs, "online", blocks_or_size, _run_options(sysfs, kw, dry_run))
+    options = _run_options(sysfs, kw, dry_run)
+    result = _run_engine(ctx, lambda: engine.change_blocks(sysfs, "online", blocks_or_size, options), kw["as_json"])
     _finish(ctx, result, kw["as_json"])
 
 
 @main.command()
-@click.argument("blocks_or_size", metavar="BLOCKS|SIZE")
+@click.argument("blocks_or_size", metavar="BLOCKS|SIZE", type=BlocksOrSizeType())
 @policy_options
 @write_options
 @click.option("--dry-run", is_flag=True, help="Plan and print, write nothing.")
@@ -386,7 +448,9 @@ def offline(ctx: click.Context, blocks_or_size: str, dry_run: bool, force: bool,
     from ..engine import runner as engine
 
     sysfs = _gateway(ctx)
-    result = engine.change_blocks(sysfs, "offline", blocks_or_size, _run_options(sysfs, kw, dry_run), force=force)
+    options = _run_options(sysfs, kw, dry_run)
+    result = _run_engine(ctx, lambda: engine.change_blocks(sysfs, "offline", blocks_or_size, options, force=force),
+                         kw["as_json"])
     _finish(ctx, result, kw["as_json"])
 
 
@@ -452,7 +516,7 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     findings = diagnose(picture)
     code = exit_code(findings)
     if as_json:
-        click.echo(report.render_json(doctor_report.doctor_document(findings, code)))
+        text = report.render_json(doctor_report.doctor_document(findings, code))
     else:
-        click.echo(doctor_report.render_doctor(findings))
-    ctx.exit(code)
+        text = doctor_report.render_doctor(findings)
+    _print_output(ctx, {"text": text, "json": text, "exit_code": code}, False, wrote=False)
