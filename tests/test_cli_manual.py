@@ -91,7 +91,7 @@ def test_online_partly_online_range_writes_only_the_offline_blocks(fake_kernel):
 
 @pytest.mark.parametrize('spec, named', [
     ('9999', 'no such memory block: 9999'),
-    ('40-41', 'no such memory block: 40, 41'),
+    ('40-41', 'no such memory block: 40-41'),
     ('5-3', "'5-3'"),
     ('12-x', "'12-x'"),
     ('100M', "'100M'"),
