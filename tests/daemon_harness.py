@@ -137,3 +137,22 @@ class DaemonProcess:
         self.notify.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
         shutil.rmtree(paths.runtime_dir(self.root), ignore_errors=True)
+
+
+def raw_exchange(root: str, data: bytes, timeout: float = 10.0, shutdown: bool = True) -> bytes:
+    """Send raw bytes to the root's control socket (half-closing unless told not to); all that comes back."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(paths.control_socket_path(root))
+    try:
+        sock.sendall(data)
+        if shutdown:
+            sock.shutdown(socket.SHUT_WR)
+        received = b''
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+    except (BrokenPipeError, ConnectionResetError):
+        return b''
+    finally:
+        sock.close()

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.badinput import DIMM_TREE, Expect, check, copy_tree, run_all, run_capped
-from tests.daemon_harness import DaemonProcess
+from tests.daemon_harness import DaemonProcess, raw_exchange
 from tests.fakesysfs import FakeKernel, TreeSpec
 from tests.fakesysfs.plugin import require_fuse
 from vmem_agent import paths
@@ -232,24 +232,6 @@ def quiet_daemon():
             daemon.close()
 
 
-def exchange(root: str, data: bytes, shutdown: bool = True, timeout: float = 10.0) -> bytes:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect(paths.control_socket_path(root))
-    try:
-        sock.sendall(data)
-        if shutdown:
-            sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-        return received
-    except (BrokenPipeError, ConnectionResetError):
-        return b""
-    finally:
-        sock.close()
-
-
 def check_reply(raw: bytes, code: str | None = None) -> dict:
     """One JSON line; an error with a documented code and exit code, its message one clean line."""
     assert raw.endswith(b"\n") and raw.count(b"\n") == 1, raw[:200]
@@ -317,7 +299,7 @@ def socket_table(quiet_daemon):
     kernel, daemon = quiet_daemon
     root = str(kernel.root)
     return dict(zip((name for name, _, _ in SOCKET_CASES),
-                    run_all([lambda data=data: exchange(root, data, shutdown=len(data) <= protocol.MAX_REQUEST_BYTES)
+                    run_all([lambda data=data: raw_exchange(root, data, shutdown=len(data) <= protocol.MAX_REQUEST_BYTES)
                              for _, data, _ in SOCKET_CASES])))
 
 
@@ -331,7 +313,7 @@ def test_bad_requests(quiet_daemon, socket_table, name, data, code):
 
 def test_a_request_that_never_ends_times_out_and_the_daemon_goes_on(quiet_daemon):
     kernel, daemon = quiet_daemon
-    check_reply(exchange(str(kernel.root), b'{"version":1,', shutdown=False), protocol.TIMEOUT)
+    check_reply(raw_exchange(str(kernel.root), b'{"version":1,', shutdown=False), protocol.TIMEOUT)
     assert daemon.status()["pid"] == daemon.process.pid and kernel.writes() == []
 
 
@@ -358,7 +340,7 @@ def _harmless(document: dict) -> dict:
                       st.binary(max_size=300).filter(lambda b: b"\n" not in b)))
 def test_generated_requests(quiet_daemon, line):
     kernel, daemon = quiet_daemon
-    check_reply(exchange(str(kernel.root), line + b"\n"))
+    check_reply(raw_exchange(str(kernel.root), line + b"\n"))
     assert kernel.writes() == []
 
 

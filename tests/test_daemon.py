@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.daemon_harness import DaemonProcess
+from tests.daemon_harness import DaemonProcess, raw_exchange
 from tests.fake_cli import BOOT, DIMMS, VM, agent, state_writes
 from vmem_agent import paths
 from vmem_agent.daemon.protocol import MAX_REQUEST_BYTES
@@ -268,24 +268,6 @@ def test_watchdog_pings_come_from_the_loop(fake_kernel, start_daemon):
 
 
 # -- hostile clients ------------------------------------------------------------------------------------
-
-
-def raw_exchange(root: str, data: bytes, timeout: float = 10.0, shutdown: bool = True) -> bytes:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect(paths.control_socket_path(root))
-    try:
-        sock.sendall(data)
-        if shutdown:
-            sock.shutdown(socket.SHUT_WR)
-        received = b''
-        while chunk := sock.recv(65536):
-            received += chunk
-        return received
-    except (BrokenPipeError, ConnectionResetError):
-        return b''
-    finally:
-        sock.close()
 
 
 @pytest.mark.fake_kernel(VM)

@@ -18,8 +18,8 @@ from ..errors import (
 )
 from ..limits import KDUMP_MODES, OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S, ZONE_MODES
 from .params import (
-    BlocksOrSizeType, CommandType, LockFileType, PercentType, RootType, SecondsType, SizeArgumentCommand, SizeType,
-    TargetSizeType,
+    BLOCKS_OR_SIZE, TARGET_SIZE, CommandType, LockFileType, PercentType, RootType, SecondsType, SizeArgumentCommand,
+    SizeType,
 )
 from .streams import EXIT_BROKEN_PIPE, OutputError, error_line, install, output_error_exit_code
 
@@ -337,7 +337,7 @@ def _ask_daemon(ctx: click.Context, request, timeout: float):
 
 
 @main.command(cls=SizeArgumentCommand)
-@click.argument("size", required=False, type=TargetSizeType())
+@click.argument("size", required=False, type=TARGET_SIZE)
 @click.option("--clear", is_flag=True, help="Drop the target: the daemon onlines every hot-added block again.")
 @policy_options
 @write_options
@@ -399,7 +399,7 @@ def _store_target(sysfs_root: str, target_bytes: int | None) -> None:
 
 
 @main.command(cls=SizeArgumentCommand)
-@click.argument("size", type=TargetSizeType())
+@click.argument("size", type=TARGET_SIZE)
 @policy_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.pass_context
@@ -420,7 +420,7 @@ def plan(ctx: click.Context, size: str, as_json: bool, **kw) -> None:
 
 
 @main.command()
-@click.argument("blocks_or_size", metavar="BLOCKS|SIZE", type=BlocksOrSizeType())
+@click.argument("blocks_or_size", metavar="BLOCKS|SIZE", type=BLOCKS_OR_SIZE)
 @policy_options
 @write_options
 @click.option("--dry-run", is_flag=True, help="Plan and print, write nothing.")
@@ -436,7 +436,7 @@ def online(ctx: click.Context, blocks_or_size: str, dry_run: bool, **kw) -> None
 
 
 @main.command()
-@click.argument("blocks_or_size", metavar="BLOCKS|SIZE", type=BlocksOrSizeType())
+@click.argument("blocks_or_size", metavar="BLOCKS|SIZE", type=BLOCKS_OR_SIZE)
 @policy_options
 @write_options
 @click.option("--dry-run", is_flag=True, help="Plan and print, write nothing.")

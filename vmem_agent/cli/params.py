@@ -44,34 +44,37 @@ class SizeType(click.ParamType):
             _fail(self, str(exc), param, ctx)
 
 
-class TargetSizeType(click.ParamType):
-    """The SIZE of `resize` and `plan` (`6G`, `+1G`, `-512M`): checked here, resolved against the blocks later."""
+class CheckedText(click.ParamType):
+    """An argument checked now by a pure parser and passed on as text (the engine and the daemon parse it again)."""
 
-    name = "SIZE"
+    def __init__(self, name: str, parse):
+        self.name = name
+        self.parse = parse
 
     def convert(self, value, param, ctx):
-        from ..core.sizes import parse_size
-
         try:
-            parse_size(value)
+            self.parse(value)
         except VmemError as exc:
             _fail(self, str(exc), param, ctx)
         return value
 
 
-class BlocksOrSizeType(click.ParamType):
+def _target_size(text: str) -> None:
+    """`resize`/`plan`'s SIZE (`6G`, `+1G`, `-512M`); resolved against the blocks later."""
+    from ..core.sizes import parse_size
+
+    parse_size(text)
+
+
+def _blocks_or_size(text: str) -> None:
     """`online`/`offline`'s argument: block indexes (`12`, `12-20`, `3,5-7`) or an amount (`1G`)."""
+    from ..core.blocklists import parse_blocks_or_size
 
-    name = "BLOCKS|SIZE"
+    parse_blocks_or_size(text)
 
-    def convert(self, value, param, ctx):
-        from ..core.blocklists import parse_blocks_or_size
 
-        try:
-            parse_blocks_or_size(value)
-        except VmemError as exc:
-            _fail(self, str(exc), param, ctx)
-        return value
+TARGET_SIZE = CheckedText("SIZE", _target_size)
+BLOCKS_OR_SIZE = CheckedText("BLOCKS|SIZE", _blocks_or_size)
 
 
 class SecondsType(click.ParamType):
