@@ -197,6 +197,12 @@ def test_bad_roots(root_table, case):
     check(root_table[case.id], case.expect)
 
 
+def test_an_empty_root_variable_is_refused_not_taken_for_the_real_root():
+    """Read-only on purpose: were the check gone, this would read this machine's own /sys."""
+    proc = run_capped(None, "status", env={"VMEM_AGENT_SYSFS_ROOT": ""})
+    check(proc, Expect(USAGE, "VMEM_AGENT_SYSFS_ROOT is set but empty; unset it to mean /"))
+
+
 def test_help_and_version_still_print():
     for args in (("--help",), ("resize", "--help"), ("--version",)):
         proc = run_capped(None, *args)

@@ -23,6 +23,7 @@ from .params import (
 )
 from .streams import EXIT_BROKEN_PIPE, OutputError, error_line, install, output_error_exit_code
 
+ROOT_VARIABLE = "VMEM_AGENT_SYSFS_ROOT"
 STATUS_QUERY_TIMEOUT_S = 5.0  # the daemon answers status from its loop at once
 DAEMON_RUN_TIMEOUT_S = 3600.0  # a resize through the daemon: its own deadlines end the run long before
 # Options of a direct run that the daemon does not take: it plans and writes with its configuration.
@@ -115,7 +116,7 @@ def _click_message(exc: click.ClickException) -> str:
 @click.option(
     "--sysfs-root",
     type=RootType(),
-    envvar="VMEM_AGENT_SYSFS_ROOT",
+    envvar=ROOT_VARIABLE,
     default="/",
     show_default=True,
     metavar="DIR",
@@ -127,8 +128,13 @@ def _click_message(exc: click.ClickException) -> str:
 def main(ctx: click.Context, sysfs_root: str, verbose: int) -> None:
     """Online and offline hot-plugged memory blocks of a Linux guest."""
     import logging
+    import os
 
     from ..logformat import LineFormatter
+
+    if os.environ.get(ROOT_VARIABLE) == "" and ctx.get_parameter_source("sysfs_root") is click.core.ParameterSource.DEFAULT:
+        # click takes an empty variable for an unset one, which would mean the real root
+        raise click.BadParameter(f"{ROOT_VARIABLE} is set but empty; unset it to mean /", param_hint="--sysfs-root")
 
     logging.raiseExceptions = False  # a log line that cannot be written is dropped, never a traceback
     handler = logging.StreamHandler(sys.stderr)
