@@ -70,6 +70,7 @@ BLOCK_CASES = [
     ("99999E", Expect(USAGE, "larger than 64 bits")),
     ("nan", Expect(USAGE, "invalid block list or size 'nan'")),
     (ESC, Expect(USAGE, f"invalid block list or size {ESC_SHOWN}")),
+    (os.fsdecode(b"3\xff\xfe"), Expect(USAGE, "invalid block list or size '3\\udcff\\udcfe'")),  # not UTF-8
 ]
 SIZE_CASES = [
     ("nan", "invalid size 'nan'"), ("inf", "invalid size 'inf'"), ("1e9G", "invalid size"), ("６G", "invalid size"),
@@ -78,6 +79,7 @@ SIZE_CASES = [
     ("1.5", "a fraction of a byte"), ("ＧＧ", "invalid size"), (ESC, f"invalid size {ESC_SHOWN}"),
     (BIG, "characters)"), ("1T", "more than the 3G of memory present"), ("+999T", "more than the"),
     ("0x40000000", "invalid size"), ("", "invalid size ''"), (" ", "invalid size"),
+    (os.fsdecode(b"1\xffG"), "invalid size '1\\udcffG'"),
 ]
 PARSING_CASES = [
     (("resize", "-999T"), Expect(USAGE, "leaves no memory online")),
