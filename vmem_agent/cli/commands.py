@@ -128,26 +128,13 @@ def status(ctx: click.Context, as_json: bool, per_block: bool, no_summary: bool,
 
 def _onlining_facts(sysfs, state) -> dict:
     """Who onlines hot-added memory, and the daemon's own account when one runs (report.py words it)."""
-    from .. import paths
     from ..core.onlining import onliner_description
-    from ..daemon import client
-    from ..daemon.protocol import Request
-    from ..daemon.target_store import TargetFileError, load_target
+    from ..daemon.client import daemon_facts
 
-    facts = {"daemon": None, "daemon_access": True, "stored_target_bytes": None}
-    try:
-        answer = client.ask(sysfs.root, Request("status"), timeout=STATUS_QUERY_TIMEOUT_S)
-        facts["daemon"] = answer["daemon"] if answer else None
-    except client.DaemonAccessDenied:
-        facts["daemon_access"] = False
-    except VmemError as exc:
-        click.echo(f"vmem-agent: warning: {exc}", err=True)
-    try:
-        stored = load_target(paths.state_dir(sysfs.root))
-        facts["stored_target_bytes"] = stored.target_bytes if stored else None
-    except TargetFileError as exc:
-        click.echo(f"vmem-agent: warning: {exc}", err=True)
-    daemon = facts["daemon"]
+    daemon, accessible, stored_target, warnings = daemon_facts(sysfs.root, STATUS_QUERY_TIMEOUT_S)
+    for warning in warnings:
+        click.echo(f"vmem-agent: warning: {warning}", err=True)
+    facts = {"daemon": daemon, "daemon_access": accessible, "stored_target_bytes": stored_target}
     kernel = onliner_description(state.auto_online_blocks, sysfs.read_optional("proc/cmdline", limit=65536),
                                  bool(daemon and daemon.get("onlining") == "kernel"))
     if kernel:
@@ -447,8 +434,19 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     from ..kernel.setup import read_setup
     from . import doctor_report, report
 
+    from ..core.doctor import DaemonFacts
+    from ..daemon.client import daemon_facts
+
     sysfs = _gateway(ctx)
-    picture = read_setup(sysfs, reload_command=detect_reload_command(which=sysfs.find_program))
+    daemon, accessible, stored_target, warnings = daemon_facts(sysfs.root, STATUS_QUERY_TIMEOUT_S)
+    for warning in warnings:
+        click.echo(f"vmem-agent: warning: {warning}", err=True)
+    facts = DaemonFacts(
+        running=daemon is not None or not accessible, accessible=accessible,
+        pid=daemon["pid"] if daemon else None, target_bytes=daemon["target_bytes"] if daemon else None,
+        onlining=daemon["onlining"] if daemon else None, stored_target_bytes=stored_target,
+    )
+    picture = read_setup(sysfs, reload_command=detect_reload_command(which=sysfs.find_program), daemon=facts)
     findings = diagnose(picture)
     code = exit_code(findings)
     if as_json:

@@ -96,3 +96,28 @@ def _exchange(connection: socket.socket, data: bytes, timeout: float, path: str)
         return json.loads(received)
     except ValueError:
         raise VmemError(f"the daemon at {path} closed the connection without a complete reply") from None
+
+
+def daemon_facts(sysfs_root: str, timeout: float = 5.0) -> tuple[dict | None, bool, int | None, list[str]]:
+    """(the running daemon's status or None, whether its socket is accessible, the stored target,
+    warnings): what `status` and `doctor` say about the daemon."""
+    from .. import paths
+    from .protocol import Request
+    from .target_store import TargetFileError, load_target
+
+    warnings = []
+    daemon, accessible = None, True
+    try:
+        answer = ask(sysfs_root, Request("status"), timeout)
+        daemon = answer["daemon"] if answer else None
+    except DaemonAccessDenied:
+        accessible = False
+    except VmemError as exc:
+        warnings.append(str(exc))
+    stored_target = None
+    try:
+        stored = load_target(paths.state_dir(sysfs_root))
+        stored_target = stored.target_bytes if stored else None
+    except TargetFileError as exc:
+        warnings.append(str(exc))
+    return daemon, accessible, stored_target, warnings
