@@ -44,7 +44,7 @@ from .uevents import MemoryEvents
 
 log = logging.getLogger("vmem_agent.daemon")
 
-KERNEL_ONLINING_GRACE_S = 1.0  # when the kernel onlines, give it this long before the daemon steps in
+KERNEL_ONLINING_GRACE_S = 5.0  # when the kernel onlines, the daemon keeps out of its way this long
 KDUMP_SETTLE_S = 1.0  # quiet time after the last memory change before kdump is reloaded
 LOCK_RETRY_S = 1.0  # another writer (a CLI run) holds the lock: try again after this
 ERROR_RETRY_S = 10.0  # a snapshot failed: try again after this
@@ -83,6 +83,7 @@ class Daemon:
         self.dirty = True
         self.dirty_since = now
         self.last_event_at = -1e9
+        self.events_resume_at: float | None = None  # while a burst collects in the socket buffer
         self.next_reconcile_at = now + config.reconcile_interval
         self.retry_at: float | None = None
         self.next_watchdog_at = now
@@ -199,6 +200,9 @@ class Daemon:
             return
         now = self.clock()
         self.control.expire(now)
+        if self.events_resume_at is not None and now >= self.events_resume_at:
+            self._resume_uevents()
+            now = self.clock()
         if self.notifier.watchdog_interval and now >= self.next_watchdog_at:
             self.notifier.watchdog()
             self.next_watchdog_at = now + self.notifier.watchdog_interval
@@ -211,7 +215,7 @@ class Daemon:
                 self.dirty = True
             if self.requests:
                 self._start_request_job(*self.requests.popleft())
-            elif self.dirty and self.retry_at is None and now >= self._decide_at():
+            elif self.dirty and self.retry_at is None and self.events_resume_at is None and now >= self._decide_at():
                 self._decide()
         if self.job is None and self.reload is None and self.kdump_pending and now >= self.last_change_at + KDUMP_SETTLE_S:
             self._start_reload()
@@ -219,6 +223,8 @@ class Daemon:
     def _next_wakeup(self) -> float:
         now = self.clock()
         times = [self.next_reconcile_at]
+        if self.events_resume_at is not None:
+            times.append(self.events_resume_at)
         if self.notifier.watchdog_interval:
             times.append(self.next_watchdog_at)
         if self.job is None:
@@ -226,7 +232,7 @@ class Daemon:
                 times.append(now)
             elif self.retry_at is not None:
                 times.append(self.retry_at)
-            elif self.dirty:
+            elif self.dirty and self.events_resume_at is None:
                 times.append(self._decide_at())
         if self.job is None and self.reload is None and self.kdump_pending:
             times.append(self.last_change_at + KDUMP_SETTLE_S)
@@ -235,12 +241,15 @@ class Daemon:
             times.append(client_deadline)
         return min(times)
 
-    def _decide_at(self) -> float:
-        """A burst is decided once it has been quiet for `settle` (and the kernel had its chance)."""
-        settle = self.config.settle
+    def _settle(self) -> float:
+        """How long a burst must be quiet before it is decided (the kernel gets its chance first)."""
         if self.kernel_onlining.engaged:
-            settle = max(settle, KERNEL_ONLINING_GRACE_S)
-        return max(self.last_event_at + settle, self.dirty_since)
+            return max(self.config.settle, KERNEL_ONLINING_GRACE_S)
+        return self.config.settle
+
+    def _decide_at(self) -> float:
+        """A burst is decided once it has been quiet for the settle time."""
+        return max(self.last_event_at + self._settle(), self.dirty_since)
 
     def _mark_dirty(self, now: float, retry: bool = False) -> None:
         if not self.dirty:
@@ -276,6 +285,19 @@ class Daemon:
             self._reload_configuration()
 
     def _on_uevents(self, _mask: int) -> None:
+        """The first event of a burst: stop listening for the settle time and let the kernel's
+        socket buffer collect the rest, so that a 512-block burst costs the loop one wake-up
+        and one drain instead of 512 (on a one-CPU guest the kernel's own onlining then has the
+        CPU to itself); then take them all at once."""
+        self.selector.unregister(self.events.fileno())
+        self.events_resume_at = self.clock() + self._settle()
+
+    def _resume_uevents(self) -> None:
+        self.events_resume_at = None
+        self.selector.register(self.events.fileno(), selectors.EVENT_READ, self._on_uevents)
+        self._take_uevents()
+
+    def _take_uevents(self) -> None:
         batch = self.events.drain()
         if batch.empty:
             return
