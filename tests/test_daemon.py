@@ -440,3 +440,32 @@ def test_generated_hostile_requests_never_stop_the_daemon(fake_kernel, start_dae
     assert sum(1 for reply in replies if not reply['ok']) >= 90
     assert daemon.status()['pid'] == daemon.process.pid
     assert online_blocks(fake_kernel) == set(BOOT) | set(DIMMS)
+
+
+def test_another_onliner_is_reported_and_not_fought(tmp_path, start_daemon):
+    """A udev rule that onlines memory, in a copy of a recorded guest: the daemon names it in its
+    log and in status, and changes nothing (its target is what is online: no writes at all)."""
+    import shutil
+
+    from tests.helpers import TREES_DIR
+
+    root = tmp_path / 'guest'
+    shutil.copytree(TREES_DIR / 'qemu-x86_64-dimm', root, symlinks=True)
+    rules = root / 'etc/udev/rules.d'
+    rules.mkdir(parents=True)
+    (rules / '99-memory.rules').write_text('SUBSYSTEM=="memory", ACTION=="add", ATTR{state}="online"\n')
+
+    class StaticTree:
+        netns_path = None
+
+        def __init__(self, path):
+            self.root = path
+
+    before = {path: path.read_bytes() for path in root.glob('sys/devices/system/memory/memory*/state')}
+    daemon = start_daemon(StaticTree(root), KDUMP_NEVER + 'target = "2G"\n')
+    daemon.wait_until(lambda: daemon.status()['other_onliners'], what='the rule found')
+    assert daemon.status()['other_onliners'] == ['the udev rule /etc/udev/rules.d/99-memory.rules:1']
+    text = agent(StaticTree(root), 'status', expect=0).stdout
+    assert 'also the udev rule /etc/udev/rules.d/99-memory.rules:1 (vmem-agent doctor)' in text
+    assert 'also onlines hot-added memory' in daemon.log()
+    assert {path: path.read_bytes() for path in before} == before

@@ -29,11 +29,8 @@ def read_setup(sysfs: Sysfs, reload_command: tuple[str, ...] | None = None, daem
     """The whole picture doctor judges; `reload_command` is what vmem-agent would run to reload kdump,
     `daemon` what its control socket said (asked by the caller: it is not a kernel file)."""
     state = sysfs.snapshot()
-    listings, unreadable = _rules_listings(sysfs)
-    files = [parse_rules(path, text) for path, text in effective_rules_files(listings)]
-    attributes = {reference: _device_attribute(sysfs, reference) for reference in device_attribute_references(files)}
     architecture = systemd_architecture(sysfs.kernel_arch())
-    effects = memory_rule_effects(files, architecture, attributes)
+    effects, unreadable = read_rule_effects(sysfs, architecture)
     kdump = KdumpSetup(
         crash_size=sysfs.kexec_crash_size(),
         reload_command=reload_command,
@@ -50,6 +47,16 @@ def read_setup(sysfs: Sysfs, reload_command: tuple[str, ...] | None = None, daem
         daemon=daemon,
         architecture=architecture,
     )
+
+
+def read_rule_effects(sysfs: Sysfs, architecture: str | None) -> tuple[list, list[tuple[str, str]]]:
+    """What the root's udev rules do to memory events (RuleEffect, in udev's order), and the
+    rules files that could not be read; for doctor, and for the daemon, which reports (and
+    does not fight) another onliner."""
+    listings, unreadable = _rules_listings(sysfs)
+    files = [parse_rules(path, text) for path, text in effective_rules_files(listings)]
+    attributes = {reference: _device_attribute(sysfs, reference) for reference in device_attribute_references(files)}
+    return memory_rule_effects(files, architecture, attributes), unreadable
 
 
 def _rules_listings(sysfs: Sysfs) -> tuple[list[tuple[str, dict[str, str | None]]], list[tuple[str, str]]]:
