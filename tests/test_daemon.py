@@ -469,3 +469,19 @@ def test_another_onliner_is_reported_and_not_fought(tmp_path, start_daemon):
     assert 'also the udev rule /etc/udev/rules.d/99-memory.rules:1 (vmem-agent doctor)' in text
     assert 'also onlines hot-added memory' in daemon.log()
     assert {path: path.read_bytes() for path in before} == before
+
+
+@pytest.mark.fake_kernel(VM)
+def test_a_state_dir_that_cannot_be_written_is_a_warning_after_the_run(fake_kernel):
+    state_dir = paths.state_dir(str(fake_kernel.root))
+    os.makedirs(os.path.dirname(state_dir), exist_ok=True)
+    with open(state_dir, 'w'):
+        pass  # a file where the directory should be: the target cannot be stored
+    try:
+        proc = agent(fake_kernel, 'resize', '2.5G', '--kdump', 'never', expect=0)
+    finally:
+        os.unlink(state_dir)
+    assert 'Online memory: 2G -> 2.5G (target 2.5G): done' in proc.stdout
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('vmem-agent: warning: target not stored'), proc.stderr
+    assert online_blocks(fake_kernel) == set(BOOT) | {32, 33, 34, 35}

@@ -298,7 +298,8 @@ def resize(ctx: click.Context, size: str | None, clear: bool, dry_run: bool, **k
         _print_output(ctx, output, kw["as_json"])
     sysfs = _gateway(ctx)
     if clear:
-        _store_target(sysfs.root, None)
+        if not _store_target(sysfs.root, None):
+            ctx.exit(EXIT_FAILURE)
         output = {"text": "target cleared: a daemon started later onlines every hot-added block",
                   "json": '{"message":"target cleared"}', "exit_code": EXIT_OK}
         _print_output(ctx, output, kw["as_json"])
@@ -310,18 +311,24 @@ def resize(ctx: click.Context, size: str | None, clear: bool, dry_run: bool, **k
     _finish(ctx, result, kw["as_json"])
 
 
-def _store_target(sysfs_root: str, target_bytes: int | None) -> None:
-    """Persist a direct resize's target for the daemon (none runs now), as the daemon would."""
+def _store_target(sysfs_root: str, target_bytes: int | None) -> bool:
+    """Persist a direct resize's target for a daemon started later (none runs now), as the daemon
+    would; a state directory that cannot be written is a warning, never a hidden result."""
     from .. import paths
     from ..daemon.config import load_config
-    from ..daemon.target_store import StoredTarget, store_target
+    from ..daemon.target_store import StoredTarget, TargetFileError, store_target
 
     config_path = paths.default_config_path(sysfs_root)
     try:
         config_target = load_config(config_path, required=False).target_bytes if config_path else None
     except VmemError:
         config_target = None  # a broken config: the daemon will say so; the config's target then applies
-    store_target(paths.state_dir(sysfs_root), StoredTarget(target_bytes, config_target))
+    try:
+        store_target(paths.state_dir(sysfs_root), StoredTarget(target_bytes, config_target))
+    except TargetFileError as exc:
+        click.echo(f"vmem-agent: warning: target not stored, a daemon started later will not hold it: {exc}", err=True)
+        return False
+    return True
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

@@ -60,7 +60,6 @@ def load_target(state_dir: str) -> StoredTarget | None:
 
 def store_target(state_dir: str, stored: StoredTarget) -> None:
     """Replace the target file atomically and durably."""
-    os.makedirs(state_dir, mode=0o755, exist_ok=True)
     path = target_file(state_dir)
     temporary = f"{path}.{os.getpid()}.tmp"
     payload = json.dumps({
@@ -69,6 +68,7 @@ def store_target(state_dir: str, stored: StoredTarget) -> None:
         "config_target_bytes": stored.config_target_bytes,
     }).encode()
     try:
+        os.makedirs(state_dir, mode=0o755, exist_ok=True)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, payload + b"\n")
