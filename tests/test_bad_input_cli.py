@@ -360,7 +360,7 @@ def test_an_output_error_after_writes_keeps_the_runs_exit_code(fake_kernel, targ
     assert [w["value"] for w in fake_kernel.writes()] == ["online_movable"] * 4
 
 
-# -- the overall deadline, and the target store -----------------------------------------------------
+# -- the overall deadline, and the stored target -----------------------------------------------------
 
 
 @pytest.mark.fake_kernel(TreeSpec.vm(boot_gib=2, dimm_gib=(0.5,), kexec_crash_loaded=True))
@@ -371,18 +371,6 @@ def test_the_overall_deadline_bounds_the_kdump_reload(fake_kernel):
     check(proc, Expect(0, "vmem-agent: warning: kdump reload failed: timed out after"))
     kdump = json.loads(proc.stdout)["result"]["kdump"]
     assert kdump["action"] == "failed" and "overall deadline" in kdump["reason"], kdump
-
-
-@pytest.mark.fake_kernel(VM)
-def test_a_target_that_cannot_be_stored_is_refused_before_any_write(fake_kernel):
-    state_dir = paths.state_dir(str(fake_kernel.root))
-    os.makedirs(os.path.dirname(state_dir), exist_ok=True)
-    with open(state_dir, "w"):
-        pass  # a file where the state directory belongs
-    try:
-        check_on_fake_kernel(fake_kernel, ("resize", "2560M"), Expect(FAILED, "nothing was written"))
-    finally:
-        os.unlink(state_dir)
 
 
 @pytest.mark.fake_kernel(VM)

@@ -422,3 +422,48 @@ def test_generated_hostile_requests_never_stop_the_daemon(fake_kernel, start_dae
     assert sum(1 for reply in replies if not reply['ok']) >= 90
     assert daemon.status()['pid'] == daemon.process.pid
     assert online_blocks(fake_kernel) == set(BOOT) | set(DIMMS)
+
+
+def test_another_onliner_is_reported_and_not_fought(tmp_path, start_daemon):
+    """A udev rule that onlines memory, in a copy of a recorded guest: the daemon names it in its
+    log and in status, and changes nothing (its target is what is online: no writes at all)."""
+    import shutil
+
+    from tests.helpers import TREES_DIR
+
+    root = tmp_path / 'guest'
+    shutil.copytree(TREES_DIR / 'qemu-x86_64-dimm', root, symlinks=True)
+    rules = root / 'etc/udev/rules.d'
+    rules.mkdir(parents=True)
+    (rules / '99-memory.rules').write_text('SUBSYSTEM=="memory", ACTION=="add", ATTR{state}="online"\n')
+
+    class StaticTree:
+        netns_path = None
+
+        def __init__(self, path):
+            self.root = path
+
+    before = {path: path.read_bytes() for path in root.glob('sys/devices/system/memory/memory*/state')}
+    daemon = start_daemon(StaticTree(root), KDUMP_NEVER + 'target = "2G"\n')
+    daemon.wait_until(lambda: daemon.status()['other_onliners'], what='the rule found')
+    assert daemon.status()['other_onliners'] == ['the udev rule /etc/udev/rules.d/99-memory.rules:1']
+    text = agent(StaticTree(root), 'status', expect=0).stdout
+    assert 'also the udev rule /etc/udev/rules.d/99-memory.rules:1 (vmem-agent doctor)' in text
+    assert 'also onlines hot-added memory' in daemon.log()
+    assert {path: path.read_bytes() for path in before} == before
+
+
+@pytest.mark.fake_kernel(VM)
+def test_a_state_dir_that_cannot_be_written_is_a_warning_after_the_run(fake_kernel):
+    state_dir = paths.state_dir(str(fake_kernel.root))
+    os.makedirs(os.path.dirname(state_dir), exist_ok=True)
+    with open(state_dir, 'w'):
+        pass  # a file where the directory should be: the target cannot be stored
+    try:
+        proc = agent(fake_kernel, 'resize', '2.5G', '--kdump', 'never', expect=0)
+    finally:
+        os.unlink(state_dir)
+    assert 'Online memory: 2G -> 2.5G (target 2.5G): done' in proc.stdout
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('vmem-agent: warning: target not stored'), proc.stderr
+    assert online_blocks(fake_kernel) == set(BOOT) | {32, 33, 34, 35}

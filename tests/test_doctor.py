@@ -399,3 +399,57 @@ def test_a_new_check_is_one_function():
 
     found = diagnose(picture(), checks=CHECKS + (check_example,))
     assert [f.check for f in found if f.severity == WARNING] == ["example"]
+
+
+# -- the daemon -------------------------------------------------------------------------------------
+
+from vmem_agent.core.doctor import DaemonFacts  # noqa: E402
+
+RUNNING_KERNEL = DaemonFacts(running=True, pid=321, onlining="kernel")
+
+
+def test_a_running_daemon_that_handed_onlining_to_the_kernel_is_one_onliner():
+    pic = picture(auto="online", cmdline="quiet", daemon=RUNNING_KERNEL)
+    assert problems(pic) == []  # its own auto-online is not "the kernel onlines before vmem-agent"
+    assert [o.name for o in onliners(pic)] == ["the vmem-agent daemon (pid 321)"]
+    (finding,) = findings(pic, "daemon")
+    assert finding.severity == INFO and "through the kernel's auto-online" in finding.message
+
+
+def test_a_daemon_with_a_target_is_reported():
+    pic = picture(daemon=DaemonFacts(running=True, pid=7, onlining="daemon", target_bytes=6 * G))
+    (finding,) = findings(pic, "daemon")
+    assert "holds online memory at 6G, writing each block itself" in finding.message
+
+
+def test_the_daemon_and_a_udev_rule_conflict():
+    pic = picture(effects=[onlining()], daemon=DaemonFacts(running=True, pid=9, onlining="daemon"))
+    (conflict,) = findings(pic, "onliner-conflict")
+    assert conflict.severity == ERROR and "the vmem-agent daemon (pid 9)" in conflict.message and RULE in conflict.message
+
+
+def test_the_daemon_and_the_admins_kernel_auto_online_conflict():
+    pic = picture(auto="online", cmdline="memhp_default_state=online",
+                  daemon=DaemonFacts(running=True, pid=9, onlining="daemon"))
+    assert ("onliner-conflict", ERROR) in problems(pic)
+
+
+def test_nothing_onlining_hot_added_memory_is_a_warning():
+    (finding,) = findings(picture(daemon=DaemonFacts(running=False)), "daemon")
+    assert finding.severity == WARNING and "nothing onlines hot-added memory" in finding.message
+    assert finding.fix == "systemctl enable --now vmem-agent"
+    assert findings(picture(effects=[onlining()], daemon=DaemonFacts(running=False)), "daemon") == []
+
+
+def test_a_stored_target_without_a_daemon_is_a_warning():
+    (finding,) = findings(picture(daemon=DaemonFacts(running=False, stored_target_bytes=4 * G)), "daemon")
+    assert finding.severity == WARNING and "target of 4G is stored" in finding.message
+
+
+def test_a_daemon_whose_socket_is_closed_to_this_user():
+    (finding,) = findings(picture(daemon=DaemonFacts(running=True, accessible=False)), "daemon")
+    assert finding.severity == INFO and "run vmem-agent doctor as root" in finding.message
+
+
+def test_on_s390_nobody_onlining_is_the_platforms_norm():
+    assert findings(picture(daemon=DaemonFacts(running=False), architecture="s390x"), "daemon") == []

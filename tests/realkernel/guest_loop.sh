@@ -46,6 +46,11 @@ if [ "${VMX_INIT:-loop}" = loop ]; then
     done
     mount -t tmpfs -o mode=755 tmpfs /var/log
     mount -t tmpfs -o mode=755 tmpfs /var/cache
+    # /var/lib writable over the host's (an overlay, so its contents stay visible): the
+    # agent stores its target in /var/lib/vmem-agent, as it does on a real guest.
+    mkdir -p /run/varlib/upper /run/varlib/work
+    mount -t overlay overlay -o lowerdir=/var/lib,upperdir=/run/varlib/upper,workdir=/run/varlib/work /var/lib \
+        || mount -t tmpfs -o mode=755 tmpfs /var/lib
     mkdir -p /dev/pts /dev/shm
     mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
     mount -t tmpfs -o mode=1777 tmpfs /dev/shm

@@ -159,6 +159,9 @@ class VMConfig:
     virtio_mem: VirtioMem | None = None
     crashkernel: str | None = None      # e.g. "256M"
     cmdline: str = ""                   # extra kernel command line
+    # memhp_default_state= on the command line (None: not given, the kernel's build default, which
+    # for Debian's 6.1 is offline; a daemon may then configure auto-online itself)
+    memhp_default_state: str | None = "offline"
     udev: bool = True                   # start systemd-udevd in the guest
     # "loop": guest_loop.sh is PID 1 on the read-only host root.  "systemd": a
     # real systemd is PID 1 on a writable overlay root (changes stay in the
@@ -464,7 +467,8 @@ class GuestVM:
                 "-m", f"{mem},slots={c.slots},maxmem={parse_size(c.maxmem) >> 20}M"]
         if accel == "kvm":
             args += ["-cpu", "host"]
-        cmdline = ["console=ttyS0", "memhp_default_state=offline", "panic=-1",
+        cmdline = ["console=ttyS0", *([f"memhp_default_state={c.memhp_default_state}"] if c.memhp_default_state else []),
+                   "panic=-1",
                    "quiet", "loglevel=4", "rdinit=/init", "8250.nr_uarts=1",
                    "i8042.noaux", "i8042.nokbd", "i8042.nopnp"]
         if c.init == "systemd":

@@ -175,27 +175,13 @@ def status(ctx: click.Context, as_json: bool, per_block: bool, no_summary: bool,
 
 def _onlining_facts(sysfs, state) -> dict:
     """Who onlines hot-added memory, and the daemon's own account when one runs (report.py words it)."""
-    from .. import paths
     from ..core.onlining import onliner_description
-    from ..daemon import client
-    from ..daemon.protocol import Request
-    from ..daemon.target_store import TargetFileError, load_target
+    from ..daemon.client import daemon_facts
 
-    facts = {"daemon": None, "daemon_access": True, "stored_target_bytes": None}
-    try:
-        answer = client.ask(sysfs.root, Request("status"), timeout=STATUS_QUERY_TIMEOUT_S)
-        if answer is not None:
-            facts["daemon"] = client.checked_status(answer, paths.control_socket_path(sysfs.root))["daemon"]
-    except client.DaemonAccessDenied:
-        facts["daemon_access"] = False
-    except VmemError as exc:
-        error_line(f"warning: {exc}")
-    try:
-        stored = load_target(paths.state_dir(sysfs.root))
-        facts["stored_target_bytes"] = stored.target_bytes if stored else None
-    except TargetFileError as exc:
-        error_line(f"warning: {exc}")
-    daemon = facts["daemon"]
+    daemon, accessible, stored_target, warnings = daemon_facts(sysfs.root, STATUS_QUERY_TIMEOUT_S)
+    for warning in warnings:
+        error_line(f"warning: {warning}")
+    facts = {"daemon": daemon, "daemon_access": accessible, "stored_target_bytes": stored_target}
     kernel = onliner_description(state.auto_online_blocks, sysfs.read_optional("proc/cmdline", limit=65536),
                                  bool(daemon and daemon.get("onlining") == "kernel"))
     if kernel:
@@ -276,15 +262,11 @@ def _run_options(sysfs, kw, dry_run=False):
     )
 
 
-def _finish(ctx: click.Context, result, as_json: bool, error: VmemError | None = None,
-            exit_code: int | None = None) -> None:
-    """Print a direct run's output and exit with its code; `error`: what went wrong after its writes."""
+def _finish(ctx: click.Context, result, as_json: bool, error: VmemError | None = None) -> None:
+    """Print a direct run's output and exit with its code; `error`: what stopped it after its writes."""
     from . import report
 
-    output = report.run_output(result)
-    if exit_code is not None:
-        output["exit_code"] = exit_code
-    _print_output(ctx, output, as_json, wrote=result.changed, error=error)
+    _print_output(ctx, report.run_output(result), as_json, wrote=result.changed, error=error)
 
 
 def _print_output(ctx: click.Context, output: dict, as_json: bool, wrote: bool | None = None,
@@ -369,39 +351,38 @@ def resize(ctx: click.Context, size: str | None, clear: bool, dry_run: bool, **k
         _print_output(ctx, output, kw["as_json"])
     sysfs = _gateway(ctx)
     if clear:
-        _store_target(sysfs.root, None)
+        if not _store_target(sysfs.root, None):
+            ctx.exit(EXIT_FAILURE)
         output = {"text": "target cleared: a daemon started later onlines every hot-added block",
                   "json": '{"message":"target cleared"}', "exit_code": EXIT_OK}
         _print_output(ctx, output, kw["as_json"])
-    from .. import paths
-    from ..daemon.target_store import TargetFileError, check_writable
     from ..engine import runner as engine
 
     options = _run_options(sysfs, kw, dry_run)
-    if not dry_run:
-        check_writable(paths.state_dir(sysfs.root))  # before any write: the target must be storable
     result = _run_engine(ctx, lambda: engine.resize(sysfs, size, options), kw["as_json"])
     if not dry_run:
-        try:
-            _store_target(sysfs.root, result.target_bytes)
-        except TargetFileError as exc:  # after the writes: they are reported, and the run counts as partial
-            error = VmemError(f"{exc}; memory was resized as shown, but the target is not stored")
-            _finish(ctx, result, kw["as_json"], error, exit_code=EXIT_PARTIAL if result.changed else EXIT_FAILURE)
+        _store_target(sysfs.root, result.target_bytes)
     _finish(ctx, result, kw["as_json"])
 
 
-def _store_target(sysfs_root: str, target_bytes: int | None) -> None:
-    """Persist a direct resize's target for the daemon (none runs now), as the daemon would."""
+def _store_target(sysfs_root: str, target_bytes: int | None) -> bool:
+    """Persist a direct resize's target for a daemon started later (none runs now), as the daemon
+    would; a state directory that cannot be written is a warning, never a hidden result."""
     from .. import paths
     from ..daemon.config import load_config
-    from ..daemon.target_store import StoredTarget, store_target
+    from ..daemon.target_store import StoredTarget, TargetFileError, store_target
 
     config_path = paths.default_config_path(sysfs_root)
     try:
         config_target = load_config(config_path, required=False).target_bytes if config_path else None
     except VmemError:
         config_target = None  # a broken config: the daemon will say so; the config's target then applies
-    store_target(paths.state_dir(sysfs_root), StoredTarget(target_bytes, config_target))
+    try:
+        store_target(paths.state_dir(sysfs_root), StoredTarget(target_bytes, config_target))
+    except TargetFileError as exc:
+        error_line(f"warning: target not stored, a daemon started later will not hold it: {exc}")
+        return False
+    return True
 
 
 @main.command(cls=SizeArgumentCommand)
@@ -517,8 +498,19 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     from ..kernel.setup import read_setup
     from . import doctor_report, report
 
+    from ..core.doctor import DaemonFacts
+    from ..daemon.client import daemon_facts
+
     sysfs = _gateway(ctx)
-    picture = read_setup(sysfs, reload_command=detect_reload_command(which=sysfs.find_program))
+    daemon, accessible, stored_target, warnings = daemon_facts(sysfs.root, STATUS_QUERY_TIMEOUT_S)
+    for warning in warnings:
+        error_line(f"warning: {warning}")
+    facts = DaemonFacts(
+        running=daemon is not None or not accessible, accessible=accessible,
+        pid=daemon["pid"] if daemon else None, target_bytes=daemon["target_bytes"] if daemon else None,
+        onlining=daemon["onlining"] if daemon else None, stored_target_bytes=stored_target,
+    )
+    picture = read_setup(sysfs, reload_command=detect_reload_command(which=sysfs.find_program), daemon=facts)
     findings = diagnose(picture)
     code = exit_code(findings)
     if as_json:

@@ -90,6 +90,9 @@ def _onlining_pairs(onlining: dict) -> list[tuple[str, str]]:
     """`Onlined by:` and `Daemon:` lines from the facts cli.commands gathers."""
     daemon = onlining.get("daemon")
     onlined_by = onlining.get("onlined_by") or "nobody: hot-added memory stays offline until onlined by hand"
+    others = (daemon or {}).get("other_onliners") or []
+    if others:
+        onlined_by += f"; also {', '.join(others)} (vmem-agent doctor)"
     if daemon:
         mode = "no target, every hot-added block is onlined" if daemon.get("target_bytes") is None else (
             f"target {format_size(daemon['target_bytes'])}")

@@ -71,6 +71,22 @@ class KdumpSetup:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonFacts:
+    """What the vmem-agent daemon's control socket says (or that none answers)."""
+
+    running: bool
+    accessible: bool = True  # False: a daemon runs but this user may not ask it
+    pid: int | None = None
+    target_bytes: int | None = None
+    onlining: str | None = None  # "kernel": it let the kernel's auto-online do it; "daemon": it writes
+    stored_target_bytes: int | None = None  # what resize stored for a daemon
+
+    @property
+    def onlines(self) -> bool:
+        return self.running and self.accessible
+
+
+@dataclass(frozen=True, slots=True)
 class SetupPicture:
     """Everything doctor judges, read once."""
 
@@ -81,6 +97,8 @@ class SetupPicture:
     kdump: KdumpSetup = field(default_factory=KdumpSetup)
     figures: MemoryFigures | None = None
     virtio_mem_sizes: tuple[tuple[str, int], ...] = ()  # (group, bytes the device can hold at most)
+    daemon: DaemonFacts | None = None  # None: not asked (pictures built by hand)
+    architecture: str | None = None  # systemd's name (x86-64, s390x, ...); None: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +152,30 @@ def kernel_parameter(cmdline: str | None, name: str) -> str | None:
     return value
 
 
+DAEMON_WRITES = ("online_movable", "online_kernel")  # the daemon always names the zone
+# Where standby memory is onlined by the operator (chmem) by design, as memhpd also assumes.
+MANUAL_ONLINING_ARCHITECTURES = ("s390", "s390x")
+
+
+def daemon_set_auto_online(picture: SetupPicture) -> bool:
+    """The kernel's auto-online is on because the running daemon handed onlining to it."""
+    daemon = picture.daemon
+    return daemon is not None and daemon.onlines and daemon.onlining == "kernel"
+
+
 def onliners(picture: SetupPicture) -> list[Onliner]:
-    """Who onlines a hot-added block besides vmem-agent, in the order they act: the kernel, then udev."""
+    """Who onlines a hot-added block, in the order they act: the kernel, then udev, then the daemon.
+
+    The kernel's auto-online that the daemon itself set up is the daemon onlining (with the
+    zone rule), not a second onliner.
+    """
     found = []
     mode = picture.state.auto_online_blocks
-    if mode in ONLINE_STATES:
+    if mode in ONLINE_STATES and not daemon_set_auto_online(picture):
         found.append(Onliner(f"the kernel (auto_online_blocks={mode})", (mode,)))
     found.extend(Onliner(effect.where, effect.values) for effect in _effects(picture, EFFECT_ONLINE))
+    if picture.daemon is not None and picture.daemon.onlines:
+        found.append(Onliner(f"the vmem-agent daemon (pid {picture.daemon.pid})", DAEMON_WRITES))
     return found
 
 
@@ -202,6 +237,8 @@ def check_kernel_auto_online(picture: SetupPicture) -> Iterable[Finding]:
     """The kernel onlining every hot-added block itself, now or from the next boot."""
     mode = picture.state.auto_online_blocks
     at_boot = kernel_parameter(picture.cmdline, "memhp_default_state")
+    if mode in ONLINE_STATES and daemon_set_auto_online(picture):
+        return  # the daemon's own hand-over, restored when it stops (check_daemon says so)
     if mode in ONLINE_STATES:
         fix = f"echo offline > {AUTO_ONLINE_FILE}; and "
         if at_boot == mode:
@@ -255,7 +292,7 @@ def check_onliner_conflict(picture: SetupPicture) -> Iterable[Finding]:
         "onliner-conflict", ERROR,
         f"hot-added memory has {len(found)} onliners: {names}; {found[0].name} onlines each block first and "
         "decides its zone, the others then fail (EINVAL) or find nothing to do",
-        "keep one onliner, and for vmem-agent none of these: apply the fixes of the kernel-auto-online and "
+        "keep one onliner: for vmem-agent (its daemon), apply the fixes of the kernel-auto-online and "
         "udev-onlines-memory findings",
     )
 
@@ -518,6 +555,39 @@ def check_udev_kdump_reloads(picture: SetupPicture) -> Iterable[Finding]:
         )
 
 
+def check_daemon(picture: SetupPicture) -> Iterable[Finding]:
+    """Whether the daemon runs and holds a target; nothing onlining hot-added memory at all."""
+    daemon = picture.daemon
+    if daemon is None:
+        return
+    if daemon.running and not daemon.accessible:
+        yield Finding("daemon", INFO, "a vmem-agent daemon runs, but its control socket is not open to this user: "
+                                      "run vmem-agent doctor as root to see its target")
+        return
+    if daemon.running:
+        mode = "no target: it onlines every hot-added block" if daemon.target_bytes is None else (
+            f"it holds online memory at {format_size(daemon.target_bytes)}")
+        how = ("through the kernel's auto-online, which it set to the same zone rule and restores when it stops"
+               if daemon.onlining == "kernel" else "writing each block itself")
+        yield Finding("daemon", INFO, f"the vmem-agent daemon runs (pid {daemon.pid}): {mode}, {how}")
+        return
+    enable = "systemctl enable --now vmem-agent"
+    if daemon.stored_target_bytes is not None:
+        yield Finding(
+            "daemon", WARNING,
+            f"a target of {format_size(daemon.stored_target_bytes)} is stored (vmem-agent resize) but no vmem-agent "
+            "daemon runs to hold it: hot-added memory is not onlined up to it, nor kept offline beyond it",
+            enable,
+        )
+    elif not onliners(picture) and picture.architecture not in MANUAL_ONLINING_ARCHITECTURES:
+        yield Finding(
+            "daemon", WARNING,
+            "nothing onlines hot-added memory (no vmem-agent daemon, no kernel auto-online, no udev rule): "
+            "memory the host adds stays offline until someone runs vmem-agent online",
+            enable,
+        )
+
+
 def check_unreadable_rules(picture: SetupPicture) -> Iterable[Finding]:
     for path, reason in picture.unreadable_rules:
         yield Finding("udev-rules-unreadable", WARNING,
@@ -544,6 +614,7 @@ CHECKS: tuple[Check, ...] = (
     check_unknown_origin,
     check_kdump,
     check_udev_kdump_reloads,
+    check_daemon,
     check_unreadable_rules,
     check_reading,
 )

@@ -98,6 +98,32 @@ def _exchange(connection: socket.socket, data: bytes, timeout: float, path: str)
         raise VmemError(f"the daemon at {path} closed the connection without a complete reply") from None
 
 
+def daemon_facts(sysfs_root: str, timeout: float = 5.0) -> tuple[dict | None, bool, int | None, list[str]]:
+    """(the running daemon's status or None, whether its socket is accessible, the stored target,
+    warnings): what `status` and `doctor` say about the daemon."""
+    from .. import paths
+    from .protocol import Request
+    from .target_store import TargetFileError, load_target
+
+    warnings = []
+    daemon, accessible = None, True
+    try:
+        answer = ask(sysfs_root, Request("status"), timeout)
+        if answer is not None:
+            daemon = checked_status(answer, paths.control_socket_path(sysfs_root))["daemon"]
+    except DaemonAccessDenied:
+        accessible = False
+    except VmemError as exc:
+        warnings.append(str(exc))
+    stored_target = None
+    try:
+        stored = load_target(paths.state_dir(sysfs_root))
+        stored_target = stored.target_bytes if stored else None
+    except TargetFileError as exc:
+        warnings.append(str(exc))
+    return daemon, accessible, stored_target, warnings
+
+
 def _is_int(value, low: int = 0, high: int | None = None) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
 
@@ -111,12 +137,12 @@ def checked_output(result: dict, path: str) -> dict:
 
 
 def checked_status(result: dict, path: str) -> dict:
-    """The daemon's status, checked in the fields `vmem-agent status` words (pid, target, job, failed blocks)."""
+    """The daemon's status, checked in the fields `status` and `doctor` word (pid, onlining, target, job, failed blocks)."""
     daemon = result.get("daemon")
     job = daemon.get("job") if isinstance(daemon, dict) else None
     failed = daemon.get("blocks_failed") if isinstance(daemon, dict) else None
-    if not (isinstance(daemon, dict) and _is_int(daemon.get("pid"), 1)
-            and (daemon.get("target_bytes") is None or _is_int(daemon.get("target_bytes")))
+    if not (isinstance(daemon, dict) and _is_int(daemon.get("pid"), 1) and isinstance(daemon.get("onlining"), str)
+            and "target_bytes" in daemon and (daemon["target_bytes"] is None or _is_int(daemon["target_bytes"]))
             and (job is None or isinstance(job, dict) and isinstance(job.get("kind"), str)
                  and isinstance(job.get("seconds"), (int, float)) and not isinstance(job.get("seconds"), bool))
             and (failed is None or isinstance(failed, list) and all(_is_int(index) for index in failed))):

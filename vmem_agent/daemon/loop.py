@@ -44,7 +44,7 @@ from .uevents import MemoryEvents
 
 log = logging.getLogger("vmem_agent.daemon")
 
-KERNEL_ONLINING_GRACE_S = 1.0  # when the kernel onlines, give it this long before the daemon steps in
+KERNEL_ONLINING_GRACE_S = 5.0  # when the kernel onlines, the daemon keeps out of its way this long
 KDUMP_SETTLE_S = 1.0  # quiet time after the last memory change before kdump is reloaded
 LOCK_RETRY_S = 1.0  # another writer (a CLI run) holds the lock: try again after this
 ERROR_RETRY_S = 10.0  # a snapshot failed: try again after this
@@ -83,6 +83,7 @@ class Daemon:
         self.dirty = True
         self.dirty_since = now
         self.last_event_at = -1e9
+        self.events_resume_at: float | None = None  # while a burst collects in the socket buffer
         self.next_reconcile_at = now + config.reconcile_interval
         self.retry_at: float | None = None
         self.next_watchdog_at = now
@@ -91,7 +92,10 @@ class Daemon:
         self.job_events: set[tuple[int, str]] = set()
         self.expected_events: set[tuple[int, str]] = set()
         self.requests: deque[tuple[Connection, Request]] = deque()
-        self.queries: dict[WriterChild, Connection] = {}
+        # Children whose result only needs handing on: plans and dry runs (to their client), the
+        # udev rules check (to the warnings). Each with what to do with its result.
+        self.tasks: dict[WriterChild, Callable[[dict | None], None]] = {}
+        self.other_onliners: list[str] = []
         self.reconcile_waiters: list[Connection] = []
         # kdump
         self.kdump_pending = False
@@ -128,6 +132,7 @@ class Daemon:
             self.cmdline = self.sysfs.read_optional("proc/cmdline", limit=64 * 1024)
             self._load_target()
             self._apply_onlining_mode()
+            self._check_other_onliners()
             log.info("started: %s; %s", self._mode_text(), self.onlining_note)
             while not self.stopping:
                 self._turn()
@@ -148,7 +153,7 @@ class Daemon:
             log.info("stopped")
 
     def _stop_children(self) -> None:
-        for child in (self.job, self.reload, *self.queries):
+        for child in (self.job, self.reload, *self.tasks):
             if child is not None:
                 try:
                     self.selector.unregister(child.fd)
@@ -157,7 +162,7 @@ class Daemon:
                 child.stop()
                 log.info("%s child %d stopped: %s", child.kind, child.pid, (child.result or {}).get("error", "done"))
         self.job = self.reload = None
-        self.queries.clear()
+        self.tasks.clear()
 
     def _load_target(self) -> None:
         try:
@@ -204,6 +209,9 @@ class Daemon:
             return
         now = self.clock()
         self.control.expire(now)
+        if self.events_resume_at is not None and now >= self.events_resume_at:
+            self._resume_uevents()
+            now = self.clock()
         if self.notifier.watchdog_interval and now >= self.next_watchdog_at:
             self.notifier.watchdog()
             self.next_watchdog_at = now + self.notifier.watchdog_interval
@@ -216,7 +224,7 @@ class Daemon:
                 self.dirty = True
             if self.requests:
                 self._start_request_job(*self.requests.popleft())
-            elif self.dirty and self.retry_at is None and now >= self._decide_at():
+            elif self.dirty and self.retry_at is None and self.events_resume_at is None and now >= self._decide_at():
                 self._decide()
         if self.job is None and self.reload is None and self.kdump_pending and now >= self.last_change_at + KDUMP_SETTLE_S:
             self._start_reload()
@@ -224,6 +232,8 @@ class Daemon:
     def _next_wakeup(self) -> float:
         now = self.clock()
         times = [self.next_reconcile_at]
+        if self.events_resume_at is not None:
+            times.append(self.events_resume_at)
         if self.notifier.watchdog_interval:
             times.append(self.next_watchdog_at)
         if self.job is None:
@@ -231,7 +241,7 @@ class Daemon:
                 times.append(now)
             elif self.retry_at is not None:
                 times.append(self.retry_at)
-            elif self.dirty:
+            elif self.dirty and self.events_resume_at is None:
                 times.append(self._decide_at())
         if self.job is None and self.reload is None and self.kdump_pending:
             times.append(self.last_change_at + KDUMP_SETTLE_S)
@@ -240,12 +250,15 @@ class Daemon:
             times.append(client_deadline)
         return min(times)
 
-    def _decide_at(self) -> float:
-        """A burst is decided once it has been quiet for `settle` (and the kernel had its chance)."""
-        settle = self.config.settle
+    def _settle(self) -> float:
+        """How long a burst must be quiet before it is decided (the kernel gets its chance first)."""
         if self.kernel_onlining.engaged:
-            settle = max(settle, KERNEL_ONLINING_GRACE_S)
-        return max(self.last_event_at + settle, self.dirty_since)
+            return max(self.config.settle, KERNEL_ONLINING_GRACE_S)
+        return self.config.settle
+
+    def _decide_at(self) -> float:
+        """A burst is decided once it has been quiet for the settle time."""
+        return max(self.last_event_at + self._settle(), self.dirty_since)
 
     def _mark_dirty(self, now: float, retry: bool = False) -> None:
         if not self.dirty:
@@ -274,13 +287,26 @@ class Daemon:
             self.stopping = True
             return
         if signal.SIGCHLD in pending:
-            for child in (self.job, self.reload, *self.queries):
+            for child in (self.job, self.reload, *self.tasks):
                 if child is not None and child.reap():
                     self._child_done(child)
         if signal.SIGHUP in pending:
             self._reload_configuration()
 
     def _on_uevents(self, _mask: int) -> None:
+        """The first event of a burst: stop listening for the settle time and let the kernel's
+        socket buffer collect the rest, so that a 512-block burst costs the loop one wake-up
+        and one drain instead of 512 (on a one-CPU guest the kernel's own onlining then has the
+        CPU to itself); then take them all at once."""
+        self.selector.unregister(self.events.fileno())
+        self.events_resume_at = self.clock() + self._settle()
+
+    def _resume_uevents(self) -> None:
+        self.events_resume_at = None
+        self.selector.register(self.events.fileno(), selectors.EVENT_READ, self._on_uevents)
+        self._take_uevents()
+
+    def _take_uevents(self) -> None:
         batch = self.events.drain()
         if batch.empty:
             return
@@ -326,6 +352,7 @@ class Daemon:
         if self.target != target_before:
             self.paused = False
         self._apply_onlining_mode()
+        self._check_other_onliners()
         self.next_reconcile_at = min(self.next_reconcile_at, self.clock() + config.reconcile_interval)
         self._mark_dirty(self.clock(), retry=True)
         log.info("configuration reloaded: %s; %s", self._mode_text(), self.onlining_note)
@@ -338,12 +365,10 @@ class Daemon:
         if request.command == "status":
             return ok_reply({"daemon": self.status()})
         if request.command == "plan" or (request.command == "resize" and request.dry_run):
-            if len(self.queries) >= MAX_QUERIES:
+            if sum(1 for child in self.tasks if child.kind in ("plan", "resize")) >= MAX_QUERIES:
                 return error_reply(BUSY, f"{MAX_QUERIES} plans are being made already; ask again", EXIT_BUSY)
             task = (_plan_task if request.command == "plan" else _dry_run_task)(self.sysfs, self.config, request.size)
-            child = WriterChild(request.command, task, self._descriptors())
-            self.queries[child] = connection
-            self.selector.register(child.fd, selectors.EVENT_READ, lambda mask, c=child: self._child_readable(c))
+            self._start_task(request.command, task, lambda result: self.control.reply(connection, _reply_for(result)))
             return None
         if request.command == "reconcile":
             self.reconcile_waiters.append(connection)
@@ -459,6 +484,26 @@ class Daemon:
         self.selector.register(self.job.fd, selectors.EVENT_READ, lambda mask, child=self.job: self._child_readable(child))
         log.info("%s job started (writer pid %d)", kind, self.job.pid)
 
+    def _start_task(self, kind: str, task: Callable[[], dict], done: Callable[[dict | None], None]) -> None:
+        child = WriterChild(kind, task, self._descriptors())
+        self.tasks[child] = done
+        self.selector.register(child.fd, selectors.EVENT_READ, lambda mask, c=child: self._child_readable(c))
+
+    def _check_other_onliners(self) -> None:
+        """Who else onlines hot-added memory (udev rules, the admin's kernel auto-online): read in a
+        child (the rules parser is big, and reading many rules files takes a while), then reported."""
+        def done(result: dict | None) -> None:
+            if not (result or {}).get("ok"):
+                log.warning("cannot check the udev rules: %s", (result or {}).get("error", "no result"))
+                return
+            self.other_onliners = result["result"]["onliners"]
+            for onliner in self.other_onliners:
+                log.warning("%s also onlines hot-added memory: it wins the race for each new block and picks "
+                            "its zone%s (vmem-agent doctor says how to remove it)", onliner,
+                            "; holding a target then undoes its work" if self.target is not None else "")
+
+        self._start_task("onliners", _other_onliners_task(self.sysfs, self.cmdline), done)
+
     def _start_reload(self) -> None:
         self.kdump_pending = False
         self.reload = WriterChild("kdump", _kdump_task(self.sysfs, self.config), self._descriptors())
@@ -484,9 +529,8 @@ class Daemon:
             self.reload = None
             self._kdump_done(child.result)
             return
-        if child in self.queries:
-            connection = self.queries.pop(child)
-            self.control.reply(connection, _reply_for(child.result))
+        if child in self.tasks:
+            self.tasks.pop(child)(child.result)
             return
         self.job = None
         request, self.job_request = self.job_request, None
@@ -584,6 +628,7 @@ class Daemon:
             "counters": dict(self.counters),
             "rss_bytes": _resident_bytes(),
             "cpu_seconds": round(cpu.user + cpu.system, 3),
+            "other_onliners": list(self.other_onliners),
             "warnings": list(self.warnings),
         }
 
@@ -636,6 +681,22 @@ def _kdump_task(sysfs: Sysfs, config: DaemonConfig) -> Callable[[], dict]:
         from ..engine.kdump import KdumpConfig, reload_after_change
 
         return reload_after_change(sysfs, KdumpConfig(mode=config.kdump, command=config.kdump_command)).to_json()
+
+    return task
+
+
+def _other_onliners_task(sysfs: Sysfs, cmdline: str | None) -> Callable[[], dict]:
+    def task() -> dict:
+        from ..core.doctor import kernel_parameter
+        from ..core.udev_rules import EFFECT_ONLINE, ONLINE_STATES, systemd_architecture
+        from ..kernel.setup import read_rule_effects
+
+        effects, _unreadable = read_rule_effects(sysfs, systemd_architecture(sysfs.kernel_arch()))
+        onliners = [f"the udev rule {effect.where}" for effect in effects if effect.kind == EFFECT_ONLINE]
+        state = kernel_parameter(cmdline, "memhp_default_state")
+        if state in ONLINE_STATES:
+            onliners.insert(0, f"the kernel (memhp_default_state={state} on the command line)")
+        return {"onliners": onliners}
 
     return task
 

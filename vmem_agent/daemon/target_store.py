@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from dataclasses import dataclass
 
 from ..errors import VmemError
@@ -58,25 +57,8 @@ def load_target(state_dir: str) -> StoredTarget | None:
     return StoredTarget(target, config_target)
 
 
-def check_writable(state_dir: str) -> None:
-    """TargetFileError unless a target could be stored now: checked before a resize writes to the kernel."""
-    path = target_file(state_dir)
-    try:
-        os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    except OSError as exc:
-        raise TargetFileError(f"{state_dir}: cannot use the state directory: {exc.strerror}; nothing was written") from None
-    if mode is not None and not stat.S_ISREG(mode):
-        raise TargetFileError(f"{path} exists and is not a regular file; nothing was written")
-    if not os.access(state_dir, os.W_OK):
-        raise TargetFileError(f"{state_dir}: not writable, the target could not be stored; nothing was written")
-
-
 def store_target(state_dir: str, stored: StoredTarget) -> None:
     """Replace the target file atomically and durably."""
-    os.makedirs(state_dir, mode=0o755, exist_ok=True)
     path = target_file(state_dir)
     temporary = f"{path}.{os.getpid()}.tmp"
     payload = json.dumps({
@@ -85,6 +67,7 @@ def store_target(state_dir: str, stored: StoredTarget) -> None:
         "config_target_bytes": stored.config_target_bytes,
     }).encode()
     try:
+        os.makedirs(state_dir, mode=0o755, exist_ok=True)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, payload + b"\n")

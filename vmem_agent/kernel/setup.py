@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 
-from ..core.doctor import KdumpSetup, SetupPicture
+from ..core.doctor import DaemonFacts, KdumpSetup, SetupPicture
 from ..core.udev_rules import (
     MASK_TARGET, RULES_DIRS, device_attribute_path, device_attribute_references, effective_rules_files, is_rules_file_name,
     memory_rule_effects, parse_rules, systemd_architecture,
@@ -25,13 +25,12 @@ UNIT_DIRS = ("etc/systemd/system", "run/systemd/system", "usr/lib/systemd/system
 KDUMP_UNITS = ("kdump.service", "kdump-tools.service")
 
 
-def read_setup(sysfs: Sysfs, reload_command: tuple[str, ...] | None = None) -> SetupPicture:
-    """The whole picture doctor judges; `reload_command` is what vmem-agent would run to reload kdump."""
+def read_setup(sysfs: Sysfs, reload_command: tuple[str, ...] | None = None, daemon: DaemonFacts | None = None) -> SetupPicture:
+    """The whole picture doctor judges; `reload_command` is what vmem-agent would run to reload kdump,
+    `daemon` what its control socket said (asked by the caller: it is not a kernel file)."""
     state = sysfs.snapshot()
-    listings, unreadable = _rules_listings(sysfs)
-    files = [parse_rules(path, text) for path, text in effective_rules_files(listings)]
-    attributes = {reference: _device_attribute(sysfs, reference) for reference in device_attribute_references(files)}
-    effects = memory_rule_effects(files, systemd_architecture(sysfs.kernel_arch()), attributes)
+    architecture = systemd_architecture(sysfs.kernel_arch())
+    effects, unreadable = read_rule_effects(sysfs, architecture)
     kdump = KdumpSetup(
         crash_size=sysfs.kexec_crash_size(),
         reload_command=reload_command,
@@ -45,7 +44,19 @@ def read_setup(sysfs: Sysfs, reload_command: tuple[str, ...] | None = None) -> S
         kdump=kdump,
         figures=sysfs.memory_figures(),
         virtio_mem_sizes=tuple(_virtio_mem_sizes(sysfs)),
+        daemon=daemon,
+        architecture=architecture,
     )
+
+
+def read_rule_effects(sysfs: Sysfs, architecture: str | None) -> tuple[list, list[tuple[str, str]]]:
+    """What the root's udev rules do to memory events (RuleEffect, in udev's order), and the
+    rules files that could not be read; for doctor, and for the daemon, which reports (and
+    does not fight) another onliner."""
+    listings, unreadable = _rules_listings(sysfs)
+    files = [parse_rules(path, text) for path, text in effective_rules_files(listings)]
+    attributes = {reference: _device_attribute(sysfs, reference) for reference in device_attribute_references(files)}
+    return memory_rule_effects(files, architecture, attributes), unreadable
 
 
 def _rules_listings(sysfs: Sysfs) -> tuple[list[tuple[str, dict[str, str | None]]], list[tuple[str, str]]]:
