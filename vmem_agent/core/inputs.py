@@ -19,6 +19,7 @@ LONG_WORD_LIMIT = 256  # a word of a message line longer than this is cut (a pat
 _LONG_WORD_KEPT = 80  # characters kept at each end of a cut word
 # C0 controls but tab and newline, DEL, and the C1 controls (U+0080-U+009F: CSI is U+009B).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_ASCII_CONTROLS = tuple(map(chr, (*range(0x09), *range(0x0b, 0x20), 0x7f)))
 _CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _LONG_WORD = re.compile(r"\S{%d,}" % (LONG_WORD_LIMIT + 1))
 _DECIMAL_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+", re.ASCII)
@@ -29,8 +30,14 @@ def _escape(match: re.Match) -> str:
 
 
 def escape_controls(text: str) -> str:
-    """Text with control characters (but tab and newline) written as `\\xNN`: safe for a terminal."""
-    return _CONTROL.sub(_escape, text) if _CONTROL.search(text) else text
+    """Text with control characters (but tab and newline) written as `\\xNN`: safe for a terminal.
+
+    ASCII text (JSON, tables: nearly everything printed) is checked with one memchr-fast `in`
+    per control character: a third of a regex search over a 10 MB `status --json`.
+    """
+    if text.isascii() and not any(control in text for control in _ASCII_CONTROLS):
+        return text
+    return _CONTROL.sub(_escape, text)
 
 
 def shown(value: object, limit: int = SHOWN_LIMIT) -> str:

@@ -511,7 +511,7 @@ class Daemon:
 
     def _descriptors(self) -> list[int]:
         """What a new writer child closes: the loop's sockets, and the result pipes of the other children."""
-        children = [child.fd for child in (self.job, self.reload, *self.queries) if child is not None]
+        children = [child.fd for child in (self.job, self.reload, *self.tasks) if child is not None]
         return [self.events.fileno(), *self.control.fds(), *children]
 
     def _child_readable(self, child: WriterChild) -> None:
