@@ -185,7 +185,8 @@ def _policy_config(state_params, kw):
         movable_ratio = DEFAULT_MOVABLE_RATIO if kernel_ratio is None else kernel_ratio
     numa_aware = state_params.auto_movable_numa_aware if state_params.auto_movable_numa_aware is not None else True
     return PolicyConfig(zone_mode=kw["zone"], movable_ratio=movable_ratio, numa_aware=numa_aware,
-                        reserve_bytes=kw["reserve"], min_online_bytes=kw["min_online"])
+                        reserve_bytes=kw["reserve"], min_online_bytes=kw["min_online"],
+                        shrink_unit="block" if kw.get("per_block") else "dimm")
 
 
 def _run_options(sysfs, kw, dry_run=False):
@@ -211,26 +212,36 @@ def _run_options(sysfs, kw, dry_run=False):
 def _finish(ctx: click.Context, result, as_json: bool) -> None:
     from . import report
 
+    wire = result.to_json()
     if as_json:
-        click.echo(report.render_json({"result": result.to_json()}))
+        click.echo(report.render_json(report.result_document(wire)))
     else:
-        click.echo(report.render_run(result))
+        click.echo(report.render_run(wire))
     ctx.exit(result.exit_code)
+
+
+per_block_option = click.option(
+    "--per-block", is_flag=True, envvar="VMEM_AGENT_PER_BLOCK",
+    help="Shrink block by block (any DIMM or virtio-mem block, Movable first, highest first) instead of in whole "
+         "DIMMs; the host may then be able to unplug nothing.")
 
 
 # ignore_unknown_options: `-512M` is a relative size, not an unknown option.
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("size")
 @policy_options
+@per_block_option
 @write_options
 @click.option("--dry-run", is_flag=True, help="Plan and print, write nothing.")
 @click.pass_context
 def resize(ctx: click.Context, size: str, dry_run: bool, **kw) -> None:
     """Bring online memory to SIZE (6G, 6GiB, 1.5G, 6442450944) or change it by +SIZE/-SIZE.
 
-    Grows by onlining the lowest offline blocks (zone by the ratio rule), shrinks by
-    offlining hot-plugged Movable blocks first, highest first; never boot memory and
-    never below the reserve. Sizes are binary (G = GiB) and round up to whole blocks.
+    Grows by onlining the lowest offline blocks (zone by the kernel's auto-movable rule),
+    shrinks by offlining whole DIMMs (Movable ones first) so that the host can unplug
+    them; virtio-mem memory is given back by lowering the device's requested-size on the
+    host, not by offlining. Never boot memory or memory of unknown origin, never below
+    the reserve. Sizes are binary (G = GiB) and round up to whole blocks.
     """
     from ..engine import runner as engine
 
@@ -242,6 +253,7 @@ def resize(ctx: click.Context, size: str, dry_run: bool, **kw) -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("size")
 @policy_options
+@per_block_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.pass_context
 def plan(ctx: click.Context, size: str, as_json: bool, **kw) -> None:
@@ -253,11 +265,11 @@ def plan(ctx: click.Context, size: str, as_json: bool, **kw) -> None:
     config = _policy_config(sysfs.kernel_params(), kw)
     state, target, planned = engine.plan_resize(sysfs, size, engine.RunOptions(policy=config))
     if as_json:
-        click.echo(report.render_json(report.plan_document(planned, target.note)))
+        click.echo(report.render_json(report.plan_document(planned, target.note, state)))
         return
     if target.note:
         click.echo(f"note: {target.note}")
-    click.echo(report.render_plan(planned, state.block_size))
+    click.echo(report.render_plan(planned, state.block_size, state))
 
 
 @main.command()
@@ -278,13 +290,15 @@ def online(ctx: click.Context, blocks_or_size: str, dry_run: bool, **kw) -> None
 @main.command()
 @click.argument("blocks_or_size", metavar="BLOCKS|SIZE")
 @policy_options
+@per_block_option
 @write_options
 @click.option("--dry-run", is_flag=True, help="Plan and print, write nothing.")
 @click.option("--force", is_flag=True,
-              help="Allow named boot blocks, and ignore the reserve and --min-online (the kernel still refuses what it must).")
+              help="Allow named boot blocks and blocks of unknown origin, and ignore the reserve and --min-online "
+                   "(the kernel still refuses what it must).")
 @click.pass_context
 def offline(ctx: click.Context, blocks_or_size: str, dry_run: bool, force: bool, **kw) -> None:
-    """Offline blocks by index (12, 12-20) or an amount of memory (512M: Movable, highest first)."""
+    """Offline blocks by index (12, 12-20) or an amount of memory (512M: whole DIMMs, Movable first)."""
     from ..engine import runner as engine
 
     sysfs = _gateway(ctx)
