@@ -283,8 +283,9 @@ def plan_online(
         notes.append(Note(N_ALREADY_ONLINE, tuple(already)))
     for zone, indexes in other_zone.items():
         notes.append(Note(N_ONLINE_OTHER_ZONE, tuple(indexes), (("zone", zone), ("wanted", config.zone_mode))))
-    candidates = [block for block in named if block.state != ONLINE]
-    return _grow_plan(state, candidates, len(candidates), current_blocks, config, exclude, notes)
+    candidates = [block for block in named if block.state != ONLINE]  # going-offline ones are noted, not counted
+    need = sum(1 for block in candidates if block.state == OFFLINE)
+    return _grow_plan(state, candidates, need, current_blocks, config, exclude, notes)
 
 
 def _zone_satisfies(zone: str | None, mode: str) -> bool:

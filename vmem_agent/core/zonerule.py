@@ -158,7 +158,8 @@ class ZoneCounters:
         if counts is not None and not counts.dynamic:
             if counts.kernel:
                 return Decision(False, GROUP_HAS_KERNEL)
-            pages = max(counts.max_pages - counts.movable, pages)
+            if counts.max_pages:  # all of the group not yet Movable (a group of unknown size: this unit)
+                pages = counts.max_pages - counts.movable
         if not self.can_online_movable(SYSTEM, group, pages):
             return Decision(False, EXCEEDS, SYSTEM, pages)
         if self.numa_aware and not self.can_online_movable(node, group, pages):
