@@ -486,6 +486,39 @@ def _descendants(pid):
 
 
 @pytest.mark.fake_kernel(VM)
+def test_a_writer_stuck_after_sigkill_ends_the_run_and_is_named_by_the_next_one(fake_kernel):
+    """The offline writer of block 39 does not exit even after SIGKILL (the kernel keeps it
+    in D state): it holds the device hotplug lock, so the run stops at once with one note
+    naming the block and the pid, writes nothing more, and the next run's busy message names
+    that writer, which still holds the lock, not the agent that started it."""
+    grow_to_3g(fake_kernel)
+    fake_kernel.set_offline_behaviour(39, 'stuck')
+    before = len(fake_kernel.writes())
+    try:
+        result, _ = result_of(fake_kernel, 'resize', '2G', '--block-timeout', '0.5', expect=1, timeout=120)
+        assert [(b['index'], b['outcome']) for b in result['blocks']] == [(39, 'timed-out')]
+        pid = result['blocks'][0]['stuck_pid']
+        assert pid and psutil.pid_exists(pid) and psutil.Process(pid).status() == psutil.STATUS_DISK_SLEEP
+        assert result['stuck_writer'] == {'block': 39, 'pid': pid}
+        stuck = [n for n in result['notes'] if n.startswith('stopped: ')]
+        assert len(stuck) == 1 and f'memory block 39 (pid {pid})' in stuck[0]
+        assert 'no further write was attempted' in stuck[0]
+        assert result['kdump'] is None
+        # The write is still in the kernel (the log has a write once it returns); nothing came after it.
+        assert fake_kernel.writes()[before:] == [] and fake_kernel.block(39)['state'] == 'going-offline'
+        busy = agent(fake_kernel, 'resize', '2.5G', expect=4)
+        one_line_error(busy, f'pid {pid}: offline writer of memory block 39, stuck in the kernel')
+        assert fake_kernel.writes()[before:] == []
+    finally:
+        fake_kernel.set_offline_behaviour(39, 'ok')  # the kernel lets go: the writer finishes and exits
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [(w['block'], w['pid']) for w in fake_kernel.writes()[before:]] == [(39, pid)]
+    result, _ = result_of(fake_kernel, 'resize', '2.5G', expect=0)  # the lock is free again
+
+
+@pytest.mark.fake_kernel(VM)
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
 def test_agent_stopped_during_a_hang_leaves_no_stuck_writer(fake_kernel, tmp_path, sig):
     """systemd stops (SIGTERM) or an operator interrupts (SIGINT) the agent while an offline
