@@ -215,6 +215,30 @@ def test_shrink_human_output(fake_kernel):
     ]
 
 
+FOUR_DIMMS = TreeSpec.vm(boot_gib=2, dimm_gib=(1, 1, 1, 1))
+
+
+@pytest.mark.fake_kernel(FOUR_DIMMS)
+def test_the_issues_case_whole_dimms_come_back_and_a_split_is_said(fake_kernel):
+    """2 GiB of boot memory and four 1 GiB DIMMs (32-39, 40-47, 48-55, 56-63), all online.
+    `resize 5G` with block 60 busy used to offline 61-63 and 55-59: two DIMMs half offline,
+    nothing the host could unplug. Now DIMM 3 is rolled back and DIMM 2 emptied; and
+    `resize 4.5G` says which DIMM it leaves partly offline."""
+    agent(fake_kernel, 'resize', '6G', expect=0)
+    fake_kernel.set_offline_behaviour(60, 'busy')
+    result, _ = result_of(fake_kernel, 'resize', '5G', expect=0)
+    devices = {d['name']: (d['state'], d['ready_to_eject']) for d in result['devices']}
+    assert devices == {'PNP0C80:00': ('online', False), 'PNP0C80:01': ('online', False),
+                       'PNP0C80:02': ('offline', True), 'PNP0C80:03': ('online', False)}
+    assert online_blocks(fake_kernel, range(32, 64)) == [*range(32, 48), *range(56, 64)]
+    proc = agent(fake_kernel, 'resize', '4.5G', expect=0)
+    lines = proc.stdout.splitlines()
+    assert 'DIMM PNP0C80:01 (1G, slot 1, 0x140000000-0x17fffffff, blocks 40-47): partly offline (512M of it offline): ' \
+           'the host cannot unplug it' in lines
+    assert any(line.startswith('note: DIMM PNP0C80:01 in slot 1 is left partly offline (512M of its 1G)') for line in lines), lines
+    assert online_blocks(fake_kernel, range(32, 64)) == [*range(32, 44), *range(56, 64)]
+
+
 # -- no-op and relative sizes -----------------------------------------------------------------
 
 

@@ -191,7 +191,7 @@ def _device_labels(devices: list[dict]) -> dict:
     labels = {}
     for device in devices:
         word = _device_word(device["group"])
-        labels[device["group"]] = f"{word} (slot {device['slot']})" if device.get("slot") is not None else word
+        labels[device["group"]] = f"{word} in slot {device['slot']}" if device.get("slot") is not None else word
     return labels
 
 
@@ -320,8 +320,8 @@ def note_text(code: str, blocks, facts: dict, labels: dict | None = None) -> str
                                                        "automatically; name the blocks with --force"
                                                        if facts.get("origin") == "hotplug" else
                                                        "dax/kmem memory: never offlined automatically; name the blocks"),
-        "dimm-left-partly-offline": lambda: f"{device} ({size(facts.get('size', 0))}) is left partly offline "
-        f"({size(facts.get('offline', 0))} of it): the host cannot unplug it until all of it is offline",
+        "dimm-left-partly-offline": lambda: f"{device} is left partly offline ({size(facts.get('offline', 0))} of its "
+        f"{size(facts.get('size', 0))}): the host cannot unplug it until all of it is offline",
         "dimm-second-partial-refused": lambda: f"not offlining part of another DIMM while {device} is partly offline: "
         "that would leave two DIMMs the host cannot unplug",
         "target-rounded": lambda: facts.get("text", ""),
