@@ -27,7 +27,7 @@ import pytest
 
 from tests.fake_cli import (
     BLOCK, BOOT, BUSY_ATTEMPTS, DIMMS, VM, agent, one_line_error, online_blocks, result_of, state_writes)
-from tests.fakesysfs import GiB, MiB, TreeSpec
+from tests.fakesysfs import BlockSpec, GiB, MiB, TreeSpec
 from tests.helpers import agent_command
 from vmem_agent.engine.lock import default_lock_path
 
@@ -237,6 +237,31 @@ def test_the_issues_case_whole_dimms_come_back_and_a_split_is_said(fake_kernel):
            'the host cannot unplug it' in lines
     assert any(line.startswith('note: DIMM PNP0C80:01 in slot 1 is left partly offline (512M of its 1G)') for line in lines), lines
     assert online_blocks(fake_kernel, range(32, 64)) == [*range(32, 44), *range(56, 64)]
+
+
+UNKNOWN_AND_KMEM = TreeSpec(blocks=[*(BlockSpec(i) for i in range(16)),
+                                     *(BlockSpec(i, boot=False, zone='Movable') for i in (32, 33)),
+                                     *(BlockSpec(i, boot=False, zone='Movable', group=('kmem', 0)) for i in (34, 35))])
+
+
+@pytest.mark.fake_kernel(UNKNOWN_AND_KMEM)
+def test_memory_of_unknown_origin_or_kmem_is_offlined_only_when_named(fake_kernel):
+    """Blocks 32-33 are not in the boot E820 table and no device claims them (origin
+    unknown); 34-35 are dax/kmem memory. resize never takes them, whatever the unit."""
+    status = json.loads(agent(fake_kernel, 'status', '--json', expect=0).stdout)['memory']
+    assert [(b['index'], b['origin']) for b in status['blocks'] if b['index'] >= 32] == [
+        (32, 'hotplug'), (33, 'hotplug'), (34, 'kmem'), (35, 'kmem')]
+    for unit in ([], ['--per-block']):
+        result, _ = result_of(fake_kernel, 'resize', '2G', *unit, expect=1)
+        assert result['blocks'] == []
+        assert {n['code'] for n in result['note_codes']} >= {'origin-never-offlined'}
+    assert fake_kernel.writes() == []
+    result, _ = result_of(fake_kernel, 'offline', '32-35', expect=64)
+    assert [(b['index'], b['outcome']) for b in result['blocks']] == [(35, 'done'), (34, 'done')]
+    assert [n['code'] for n in result['note_codes']] == ['unknown-origin-needs-force']
+    result, _ = result_of(fake_kernel, 'offline', '32-33', '--force', expect=0)
+    assert [(b['index'], b['reason_code']) for b in result['blocks']] == [(33, 'forced-unknown-origin'),
+                                                                         (32, 'forced-unknown-origin')]
 
 
 # -- no-op and relative sizes -----------------------------------------------------------------

@@ -16,7 +16,8 @@ import pytest
 from tests.fakesysfs import GiB, MiB, TreeSpec
 from vmem_agent.engine import runner as engine
 from vmem_agent.engine.runner import RunOptions
-from vmem_agent.errors import EXIT_FAILURE, EXIT_OK, OfflineTimeoutError
+from vmem_agent.core.policy import PolicyConfig
+from vmem_agent.errors import EXIT_FAILURE, EXIT_OK, InvalidRequestError, OfflineTimeoutError
 from vmem_agent.engine.executor import BlockWriter, Deadline
 from vmem_agent.engine.kdump import KdumpConfig
 from vmem_agent.kernel.offline_child import offline_block
@@ -113,3 +114,19 @@ def test_memory_figures_come_from_the_roots_meminfo(fake_kernel):
     assert before is not None and after is not None
     assert after.total_bytes == before.total_bytes
     assert after.available_bytes == after.total_bytes - 1 * GiB
+
+
+@pytest.mark.fake_kernel(VM)
+def test_online_in_another_zone_is_not_already_done(fake_kernel, options):
+    """EINVAL for online_movable on a block online in Normal is not "already": the gateway
+    raises it and names the zone; the CLI run notes it and does not call it done."""
+    sysfs = Sysfs(fake_kernel.root)
+    assert sysfs.write_block_state(36, 'online_kernel') == 'changed'
+    assert sysfs.write_block_state(36, 'online_kernel') == 'already'
+    with pytest.raises(InvalidRequestError, match="already online, in zone Normal"):
+        sysfs.write_block_state(36, 'online_movable')
+    assert sysfs.write_block_state(36, 'online') == 'already'
+    result = engine.change_blocks(sysfs, 'online', '36', RunOptions(
+        policy=PolicyConfig(zone_mode='movable'), lock_path=options.lock_path, kdump=options.kdump))
+    assert result.blocks == [] and result.exit_code == EXIT_FAILURE
+    assert [note.code for note in result.notes] == ['online-in-other-zone']

@@ -478,7 +478,7 @@ def test_online_in_another_zone_is_not_already_done():
     state = make_state(boot(0, 2), run(2, 1, ONLINE, (ZONE_NORMAL,), origin=ORIGIN_DIMM),
                        run(3, 1, ONLINE, (ZONE_MOVABLE,), origin=ORIGIN_DIMM))
     plan = plan_online(state, [2, 3], PolicyConfig(zone_mode="movable"))
-    assert plan.actions == ()
+    assert plan.actions == () and plan.shortfall_bytes == BS  # block 2 is not what was asked for
     assert note(plan, "already-online").blocks == (3,)
     assert note(plan, "online-in-other-zone").blocks == (2,)
     assert note(plan, "online-in-other-zone").facts_dict() == {"zone": ZONE_NORMAL, "wanted": "movable"}

@@ -44,6 +44,7 @@ is O(number of blocks).
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections import Counter
 from dataclasses import dataclass
@@ -285,7 +286,11 @@ def plan_online(
         notes.append(Note(N_ONLINE_OTHER_ZONE, tuple(indexes), (("zone", zone), ("wanted", config.zone_mode))))
     candidates = [block for block in named if block.state != ONLINE]  # going-offline ones are noted, not counted
     need = sum(1 for block in candidates if block.state == OFFLINE)
-    return _grow_plan(state, candidates, need, current_blocks, config, exclude, notes)
+    plan = _grow_plan(state, candidates, need, current_blocks, config, exclude, notes)
+    unmet = sum(len(indexes) for indexes in other_zone.values()) * state.block_size
+    if unmet:  # online, but not in the zone asked for: the request is not met, though nothing is to be written
+        plan = dataclasses.replace(plan, shortfall_bytes=plan.shortfall_bytes + unmet)
+    return plan
 
 
 def _zone_satisfies(zone: str | None, mode: str) -> bool:
