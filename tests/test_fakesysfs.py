@@ -639,7 +639,6 @@ def test_iomem_shows_boot_dimm_and_virtio_mem_memory_as_the_kernel_does(fake_ker
         '  1a0000000-1a7ffffff : System RAM (virtio_mem)\n')
 
 
-@pytest.mark.fake_kernel(VM)
 def test_boot_e820_beyond_the_table_is_a_setup_data_extension(make_fake_kernel):
     from vmem_agent.kernel.e820 import boot_ram_ranges, extension_ram_ranges
 
@@ -660,6 +659,7 @@ def test_kmem_memory_shows_in_iomem_below_its_dax_device(make_fake_kernel):
     assert lines[at + 1] == '  10000000-1fffffff : System RAM (kmem)'
 
 
+@pytest.mark.fake_kernel(VM)
 def test_crash_files_follow_set_crash(fake_kernel):
     loaded = fake_kernel.root / 'sys/kernel/kexec_crash_loaded'
     crash_hotplug = fake_kernel.root / MEMORY / 'crash_hotplug'
