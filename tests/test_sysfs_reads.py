@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vmem_agent.core.model import MemoryDevice
 from vmem_agent.errors import UnsupportedSystemError
@@ -258,3 +260,16 @@ def test_dimm_membership_from_acpi_links(tmp_path, targets, expected):
         (acpi / name).symlink_to(f"../../../../devices/system/memory/memory{block}")
     dimm = {b.index for b in Sysfs(root).snapshot().blocks if b.group == "acpi:PNP0C80:03"}
     assert dimm == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12)), min_size=1, max_size=8), st.integers(0, 50))
+def test_boot_classification_is_any_overlap_with_boot_ram(entries, index):
+    """The classifier bisects merged ranges; it must say what a plain overlap test says."""
+    from vmem_agent.core.origins import origin_classifier
+
+    ram = [(start * 64, start * 64 + length * 64 + 63) for start, length in entries]  # byte ranges, 64-byte grain
+    classify = origin_classifier(ram, {}, [], 128)
+    start = index * 128
+    expected = any(low <= start + 127 and start <= high for low, high in ram)
+    assert (classify(index, start)[0] == "boot") == expected

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 ONLINE = "online"
@@ -200,19 +202,27 @@ class DeviceState:
 
 
 def device_states(state: MemoryState, planned: dict[int, str] | None = None) -> list[DeviceState]:
-    """Every device with present blocks, in address order; `planned` overrides block states (a plan's effect)."""
+    """Every device with present blocks, in address order; `planned` overrides block states (a plan's effect).
+
+    Blocks are grouped and their states counted run by run in C (groupby, Counter):
+    status builds this for tens of thousands of blocks.
+    """
     spans: dict[str, list] = {}  # group -> [first block, last block, present, online]
-    for block in state.blocks:
-        if block.group is None:
+    for group, run in groupby(state.blocks, key=_GROUP):
+        if group is None:
             continue
-        block_state = planned.get(block.index, block.state) if planned else block.state
-        online = block_state == ONLINE or block_state == GOING_OFFLINE
-        span = spans.get(block.group)
-        if span is None:
-            spans[block.group] = [block, block, 1, int(online)]
+        blocks = list(run)
+        if planned:
+            states = Counter(planned.get(block.index, block.state) for block in blocks)
         else:
-            span[1] = block
-            span[2] += 1
+            states = Counter(map(_STATE, blocks))
+        online = states[ONLINE] + states[GOING_OFFLINE]
+        span = spans.get(group)
+        if span is None:
+            spans[group] = [blocks[0], blocks[-1], len(blocks), online]
+        else:
+            span[1] = blocks[-1]
+            span[2] += len(blocks)
             span[3] += online
     result = []
     for group, (first, last, present, online) in spans.items():
@@ -220,6 +230,10 @@ def device_states(state: MemoryState, planned: dict[int, str] | None = None) -> 
         result.append(DeviceState(state.device(group), first.index, last.index, first.start, last.end,
                                   present * state.block_size, online * state.block_size, kind))
     return sorted(result, key=lambda device: device.start)
+
+
+_GROUP = itemgetter(9)  # MemoryBlock.group
+_STATE = itemgetter(3)  # MemoryBlock.state
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ offlined automatically, because nothing says a host can take it back.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Callable
 
 from .model import ORIGIN_BOOT, ORIGIN_DIMM, ORIGIN_HOTPLUG
@@ -23,8 +24,17 @@ Classifier = Callable[[int, int], tuple[str, "str | None"]]
 DriverRegion = tuple[int, int, str, str]
 
 
-def overlaps(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
-    return any(low <= end and start <= high for low, high in ranges)
+def _merged(ranges: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Starts and ends of the ranges merged where they overlap or touch, for bisection (a scan asks per block)."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for low, high in sorted(ranges):
+        if ends and low <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], high)
+        else:
+            starts.append(low)
+            ends.append(high)
+    return starts, ends
 
 
 def origin_classifier(
@@ -42,9 +52,13 @@ def origin_classifier(
     if not (boot_ram or dimm_groups or driver_regions):
         return None
     unclaimed = (ORIGIN_HOTPLUG, None) if boot_ram else BOOT_ORIGIN
+    starts, ends = _merged(boot_ram)
+    last_byte = block_size - 1
 
     def classify(index: int, start: int) -> tuple[str, str | None]:
-        if boot_ram and overlaps(boot_ram, start, start + block_size - 1):
+        # The last boot range starting at or before the block's end: boot if it reaches the block.
+        position = bisect_right(starts, start + last_byte) - 1
+        if position >= 0 and ends[position] >= start:
             return BOOT_ORIGIN
         group = dimm_groups.get(index)
         if group is not None:
