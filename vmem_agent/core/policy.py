@@ -48,6 +48,7 @@ import dataclasses
 import operator
 from collections import Counter
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Iterable, NamedTuple
 
 from ..errors import UsageError
@@ -141,7 +142,6 @@ N_DIMM_CANNOT_EMPTY = "dimm-cannot-be-emptied"  # facts: group
 
 
 _FITS = object()  # _exceeded_alone(): no scope fails
-_NO_RUN = object()  # online_actions(): no run under way
 _BOTH = (True, True)  # _allowed_zones(): Movable and a kernel zone
 _SCOPED_REASONS = frozenset({R_FITS, R_DIMM_FITS, R_ONLY_MOVABLE_FITS, R_EXCEEDS, R_DIMM_EXCEEDS})
 
@@ -406,45 +406,49 @@ class _ZoneChooser:
         if need <= 0:
             return actions
         forced = self.mode != "auto"
-        allowed = self.allowed
-        run: list[MemoryBlock] = []
-        run_node = run_group = run_zones = _NO_RUN
-        taken = 0  # actions plus the blocks of the current run
-        for block in candidates:
+        taken = 0
+        for (block_state, zones, _node, _group), blocks in groupby(candidates, key=_RUN_KEY):
             if taken >= need:
                 break
-            if block.state != OFFLINE:
-                if block.state == GOING_OFFLINE:
-                    self._skip(block, N_SKIP_GOING_OFFLINE)
+            run = list(blocks)
+            if block_state != OFFLINE:
+                if block_state == GOING_OFFLINE:
+                    for block in run:
+                        self._skip(block, N_SKIP_GOING_OFFLINE)
                 continue
-            if block.index in exclude:
-                self._skip(block, N_SKIP_EXCLUDED)
-                continue
-            zones = block.zones
-            if zones is not None and (forced or (self.predicted_by_kernel
-                                                 and (allowed.get(zones) or self._allowed_zones(zones)) == _BOTH)):
-                node, group = block.node, block.group
-                if zones is not run_zones and zones != run_zones or node != run_node or group != run_group:
-                    self._add_run(run, actions)
-                    run = []
-                    run_node, run_group, run_zones = node, group, zones
-                run.append(block)
+            if exclude:
+                for block in run:
+                    if block.index in exclude:
+                        self._skip(block, N_SKIP_EXCLUDED)
+                run = [block for block in run if block.index not in exclude]
+            run = run[:need - taken]
+            if run and zones is not None and not self.predicted_by_kernel:
+                self._add_one(run.pop(0), zones, actions)  # the kernel predicts the first block itself
                 taken += 1
+            if zones is not None and (forced or self._allowed_zones(zones) == _BOTH):
+                self._add_run(run, actions)
+                taken += len(run)
                 continue
-            self._add_run(run, actions)
-            run, run_node, run_group, run_zones = [], _NO_RUN, _NO_RUN, _NO_RUN
-            if zones is None:
-                zone, reason = None, self._reason(R_ZONES_UNKNOWN)
-            else:
-                zone, reason = self._auto_zone(block, zones)
-                if zone is None:
-                    self._skip(block, *reason)
-                    continue
-            write = WRITE_ONLINE if self.defer_to_kernel else _WRITE_FOR_ZONE[zone]
-            actions.append(Action(KIND_ONLINE, block.index, block.start, block.end, zone, write, reason))
-            taken += 1
-        self._add_run(run, actions)
+            for block in run:
+                taken += self._add_one(block, zones, actions)
         return actions
+
+    def _add_one(self, block: MemoryBlock, zones: tuple[str, ...] | None, actions: list[Action]) -> int:
+        """One block on its own (zones unknown, or valid_zones constraining the rule): 1 if it is onlined."""
+        if zones is None:
+            zone, reason = None, self._reason(R_ZONES_UNKNOWN)
+        elif self.mode == "auto":
+            zone, reason = self._auto_zone(block, zones)
+        else:
+            zone, reason = self._forced_zone(zones)
+            if zone == ZONE_MOVABLE:
+                self.movable_planned += 1
+        if zone is None and zones is not None:
+            self._skip(block, *reason)
+            return 0
+        write = WRITE_ONLINE if self.defer_to_kernel else _WRITE_FOR_ZONE[zone]
+        actions.append(Action(KIND_ONLINE, block.index, block.start, block.end, zone, write, reason))
+        return 1
 
     def _add_run(self, run: list[MemoryBlock], actions: list[Action]) -> None:
         """Online actions for a run of blocks of one group and node with the same valid_zones."""
@@ -594,6 +598,7 @@ class _ZoneChooser:
 
 _BLOCK_COUNT_FIELDS = operator.itemgetter(3, 4, 5, 8, 9)  # MemoryBlock: state, zones, node, origin, group
 _BLOCK_STATE = operator.itemgetter(3)
+_RUN_KEY = operator.itemgetter(3, 4, 5, 9)  # MemoryBlock: state, zones, node, group
 
 
 def _counters(state: MemoryState, ratio: int, numa_aware: bool) -> zonerule.ZoneCounters:
