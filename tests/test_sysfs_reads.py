@@ -179,6 +179,14 @@ def boot_params_with(entries: list[tuple[int, int, int]]) -> bytes:
     return bytes(data)
 
 
+def write_boot_params(root: Path, entries) -> Path:
+    """root/sys/kernel/boot_params with a boot E820 table of `entries` (addr, size, type); the directory."""
+    kernel = root / "sys/kernel/boot_params"
+    kernel.mkdir(parents=True)
+    (kernel / "data").write_bytes(boot_params_with(entries))
+    return kernel
+
+
 def test_e820_ram_ranges_are_parsed():
     from vmem_agent.kernel.e820 import boot_ram_ranges
 
@@ -208,9 +216,7 @@ def test_boot_e820_continues_in_setup_data(tmp_path):
     from vmem_agent.kernel.e820 import E820_ENTRY
 
     root = make_tree(tmp_path, {i: full("online", "Normal") for i in range(4)})
-    kernel = root / "sys/kernel/boot_params"
-    kernel.mkdir(parents=True)
-    (kernel / "data").write_bytes(boot_params_with([(0, BLOCK, 1)]))
+    kernel = write_boot_params(root, [(0, BLOCK, 1)])
     extension = kernel / "setup_data/0"
     extension.mkdir(parents=True)
     (extension / "type").write_text("0x1\n")
@@ -229,9 +235,7 @@ def test_kmem_memory_is_its_own_origin_and_devices_carry_the_dimm_slot(tmp_path)
              f"{2 * BLOCK:08x}-{4 * BLOCK - 1:08x} : dax0.0\n"
              f"  {2 * BLOCK:08x}-{4 * BLOCK - 1:08x} : System RAM (kmem)\n")
     root = make_tree(tmp_path, blocks, extra={"proc/iomem": iomem})
-    kernel = root / "sys/kernel/boot_params"
-    kernel.mkdir(parents=True)
-    (kernel / "data").write_bytes(boot_params_with([(0, BLOCK, 1)]))
+    write_boot_params(root, [(0, BLOCK, 1)])
     acpi = root / "sys/bus/acpi/devices/PNP0C80:03"
     acpi.mkdir(parents=True)
     (acpi / "uid").write_text("0x03\n")

@@ -10,16 +10,15 @@ blocks disappear, MemTotal is 2 GiB lower, and the other two DIMMs are untouched
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
+from .guest_reads import MEM, agent_json, block_states, mem_total
 from .vm import GuestVM, VMConfig
 
 pytestmark = pytest.mark.realkernel
 
-MEM = "/sys/devices/system/memory"
 G = 1 << 30
 BOOT = list(range(16))
 DIMMS = [list(range(32 + 8 * n, 40 + 8 * n)) for n in range(4)]
@@ -29,23 +28,6 @@ EJECT_TIMEOUT_S = 10
 @pytest.fixture(scope="module")
 def vm_config():
     return VMConfig(memory="2G", slots=8, maxmem="16G")
-
-
-def block_states(vm: GuestVM) -> dict[int, tuple[str, str]]:
-    out = vm.sh(f"cd {MEM}; for d in memory[0-9]*; do "
-                "read -r s < $d/state; read -r z < $d/valid_zones; echo ${d#memory} $s $z; done")
-    return {int(n): (state, zones) for n, state, zones in (line.split(None, 2) for line in out.splitlines())}
-
-
-def mem_total(vm: GuestVM) -> int:
-    return next(int(line.split()[1]) * 1024 for line in vm.read("/proc/meminfo").splitlines()
-                if line.startswith("MemTotal:"))
-
-
-def agent_json(vm: GuestVM, *args: str, rc: int) -> dict:
-    r = vm.run([vm.agent, *args, "--json"], timeout=180)
-    assert r.rc == rc and "Traceback" not in r.stderr, r
-    return json.loads(r.stdout)
 
 
 def test_resize_empties_two_whole_dimms_and_the_host_unplugs_them(vm: GuestVM):

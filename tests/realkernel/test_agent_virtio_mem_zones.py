@@ -19,16 +19,15 @@ online Movable memory itself, and MemTotal drops by what the host took back.
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
+from .guest_reads import MEM, agent_json, block_states, mem_total
 from .vm import GuestVM, VirtioMem, VMConfig
 
 pytestmark = pytest.mark.realkernel
 
-MEM = "/sys/devices/system/memory"
 G = 1 << 30
 VIRTIO = VirtioMem(size="10G", requested_size=0)
 STALL_WAIT_S = 20
@@ -37,23 +36,6 @@ STALL_WAIT_S = 20
 @pytest.fixture(scope="module")
 def vm_config():
     return VMConfig(memory="2G", maxmem="16G", virtio_mem=VIRTIO)
-
-
-def block_states(vm: GuestVM) -> dict[int, tuple[str, str]]:
-    out = vm.sh(f"cd {MEM}; for d in memory[0-9]*; do "
-                "read -r s < $d/state; read -r z < $d/valid_zones; echo ${d#memory} $s $z; done")
-    return {int(n): (state, zones) for n, state, zones in (line.split(None, 2) for line in out.splitlines())}
-
-
-def mem_total(vm: GuestVM) -> int:
-    return next(int(line.split()[1]) * 1024 for line in vm.read("/proc/meminfo").splitlines()
-                if line.startswith("MemTotal:"))
-
-
-def agent_json(vm: GuestVM, *args: str, rc: int) -> dict:
-    r = vm.run([vm.agent, *args, "--json"], timeout=180)
-    assert r.rc == rc and "Traceback" not in r.stderr, r
-    return json.loads(r.stdout)
 
 
 def virtio_zones(vm: GuestVM, boot_blocks: int) -> dict[int, str]:
