@@ -130,3 +130,24 @@ def test_online_in_another_zone_is_not_already_done(fake_kernel, options):
         policy=PolicyConfig(zone_mode='movable'), lock_path=options.lock_path, kdump=options.kdump))
     assert result.blocks == [] and result.exit_code == EXIT_FAILURE
     assert [note.code for note in result.notes] == ['online-in-other-zone']
+
+
+@pytest.mark.fake_kernel(VM)
+def test_a_run_prints_the_same_from_its_json_wire_form(fake_kernel, options):
+    """A daemon sends RunResult.to_json() over its socket: rendered after a JSON round trip,
+    a result must read exactly as it does in the process that ran it."""
+    import json
+
+    from vmem_agent.cli import report
+
+    sysfs = Sysfs(fake_kernel.root)
+    engine.resize(sysfs, '3G', options)
+    fake_kernel.set_offline_behaviour(37, 'busy')
+    result = engine.resize(sysfs, '2.5G', options)
+    wire = result.to_json()
+    received = json.loads(json.dumps(wire))
+    assert report.render_run(received) == report.render_run(wire)
+    assert report.result_document(received) == report.result_document(wire)
+    text = report.render_run(received)
+    assert 'memory blocks 38-39 (0x130000000-0x13fffffff): online_movable done, zone Movable (rolled back)' in text
+    assert 'ready to eject' in text

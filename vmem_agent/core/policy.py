@@ -132,13 +132,12 @@ N_BOOT_NEEDS_FORCE = "boot-needs-force"
 N_UNKNOWN_NEEDS_FORCE = "unknown-origin-needs-force"
 N_VIRTIO_MEM_NAMED = "virtio-mem-offline-gives-nothing"  # facts: group
 N_OFFLINE_LIMITED = "offline-limited"  # facts: limit, why (+ its facts)
-N_NO_FIGURES = "no-memory-figures"
+WHY_NO_FIGURES = "no-memory-figures"  # offline-limited: MemTotal/MemAvailable unknown
 N_SHRINK_SHORT = "shrink-short"  # facts: offlinable, unit
 N_VIRTIO_MEM_HOST = "virtio-mem-lower-requested-size"  # facts: group, online, movable
 N_UNTOUCHED_ORIGIN = "origin-never-offlined"  # facts: origin
 N_DIMM_LEFT_PARTLY = "dimm-left-partly-offline"  # facts: group, size, offline
 N_DIMM_SECOND_PARTIAL = "dimm-second-partial-refused"  # facts: group (the DIMM already partly offline)
-N_DIMM_CANNOT_EMPTY = "dimm-cannot-be-emptied"  # facts: group
 
 
 _FITS = object()  # _exceeded_alone(): no scope fails
@@ -768,7 +767,7 @@ def _floor_limit(state: MemoryState, current_blocks: int, config: PolicyConfig, 
     """How many blocks may go offline without crossing the floor or the reserve, and the facts that set that limit."""
     block_size = state.block_size
     if figures is None:
-        return 0, (("why", N_NO_FIGURES),)
+        return 0, (("why", WHY_NO_FIGURES),)
     floor_limit = max(0, (current_blocks * block_size - config.min_online_bytes) // block_size)
     reserve = config.reserve_for(figures.total_bytes)
     reserve_limit = max(0, (figures.available_bytes - reserve) // block_size)
