@@ -858,3 +858,12 @@ def test_a_shrink_plan_empties_dimms_one_at_a_time_and_splits_at_most_one(state,
             b.index not in exclude and b.zones != (ZONE_NONE,)
             for b in state.blocks if b.group == g and b.state == ONLINE)]
         assert not emptiable or after or any(n.code == "dimm-second-partial-refused" for n in plan.notes)
+
+
+def test_blocks_no_zone_can_take_are_skipped_and_later_ones_used():
+    # valid_zones 'none' (e.g. a block spanning zones) allows nothing: the next blocks are used.
+    state = make_state(boot(0, 2), run(2, 2, zones=(ZONE_NONE,), origin=ORIGIN_DIMM), run(4, 2, origin=ORIGIN_VIRTIO_MEM))
+    for mode in ("auto", "movable", "normal"):
+        plan = plan_target(state, 4 * BS, PolicyConfig(zone_mode=mode))
+        assert indexes(plan) == [4, 5], mode
+        assert note(plan, "skip-no-zone").blocks == (2, 3)

@@ -422,11 +422,9 @@ class _ZoneChooser:
                 run = [block for block in run if block.index not in exclude]
             run = run[:need - taken]
             if run and zones is not None and not self.predicted_by_kernel:
-                self._add_one(run.pop(0), zones, actions)  # the kernel predicts the first block itself
-                taken += 1
+                taken += self._add_one(run.pop(0), zones, actions)  # the kernel predicts the first block itself
             if zones is not None and (forced or self._allowed_zones(zones) == _BOTH):
-                self._add_run(run, actions)
-                taken += len(run)
+                taken += self._add_run(run, actions)
                 continue
             for block in run:
                 taken += self._add_one(block, zones, actions)
@@ -449,10 +447,10 @@ class _ZoneChooser:
         actions.append(Action(KIND_ONLINE, block.index, block.start, block.end, zone, write, reason))
         return 1
 
-    def _add_run(self, run: list[MemoryBlock], actions: list[Action]) -> None:
-        """Online actions for a run of blocks of one group and node with the same valid_zones."""
+    def _add_run(self, run: list[MemoryBlock], actions: list[Action]) -> int:
+        """Online actions for a run of blocks of one group and node with the same valid_zones; how many."""
         if not run:
-            return
+            return 0
         first = run[0]
         if self.mode == "auto":
             segments = [(self._zone_of(decision, first.group), units) for decision, units in
@@ -462,7 +460,7 @@ class _ZoneChooser:
             if zone is None:
                 for block in run:
                     self._skip(block, *reason)
-                return
+                return 0
             if zone == ZONE_MOVABLE:
                 self.movable_planned += len(run)
             segments = [((zone, reason), len(run))]
@@ -477,6 +475,7 @@ class _ZoneChooser:
                 for block in run[position:position + units]
             )
             position += units
+        return len(run)
 
     def _skip(self, block: MemoryBlock, code: str, facts: tuple = ()) -> None:
         self.skipped.setdefault((code, facts), []).append(block.index)
