@@ -15,7 +15,7 @@ import signal
 import pytest
 
 from tests.daemon_harness import DaemonProcess
-from tests.fake_cli import BOOT, DIMMS, agent
+from tests.fake_cli import DIMMS, agent
 from tests.fakesysfs import TreeSpec
 
 BASE = 'event_source = "udev"\n'

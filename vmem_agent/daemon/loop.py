@@ -28,7 +28,7 @@ from collections import deque
 from typing import Callable
 
 from .. import paths
-from ..core.model import OFFLINE, ONLINE, MemoryState, format_block_list
+from ..core.model import OFFLINE, ONLINE, ORIGIN_VIRTIO_MEM, MemoryState, format_block_list
 from ..core.onlining import kernel_onlining_plan, movable_ratio_for, onliner_description
 from ..core.sizes import format_size, parse_size, resolve_target
 from ..errors import EXIT_BUSY, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, VmemError
@@ -429,6 +429,10 @@ class Daemon:
                 indexes = self._blocks_to_online(state)
                 if indexes:
                     job = _online_task(self.sysfs, self.config, indexes)
+            elif indexes := self._blocks_to_online(state, virtio_mem_only=True):
+                # The host sizes virtio-mem memory: kept offline it gives the host nothing back
+                # and stalls the driver's next plug. Online it, and meet the target with the rest.
+                job = _online_task(self.sysfs, self.config, indexes)
             elif self._target_reachable(state):
                 reachable = min(self.target, state.block_size * len(state.blocks))  # memory may have been unplugged
                 job = _resize_task(self.sysfs, self.config, str(reachable))
@@ -451,9 +455,10 @@ class Daemon:
         self.failed &= present
         self.picture = {block.index: block.state for block in state.blocks}
 
-    def _blocks_to_online(self, state: MemoryState) -> list[int]:
+    def _blocks_to_online(self, state: MemoryState, virtio_mem_only: bool = False) -> list[int]:
         skip = self.left_offline | self.failed
-        return [block.index for block in state.blocks if block.state == OFFLINE and block.index not in skip]
+        return [block.index for block in state.blocks if block.state == OFFLINE and block.index not in skip
+                and (not virtio_mem_only or block.origin == ORIGIN_VIRTIO_MEM)]
 
     def _target_reachable(self, state: MemoryState) -> bool:
         present = state.block_size * len(state.blocks)
@@ -663,7 +668,7 @@ def _plan_task(sysfs: Sysfs, config: DaemonConfig, size_text: str) -> Callable[[
 
         options = daemon_run_options(config, sysfs.kernel_params())
         state, target, plan = runner.plan_resize(sysfs, size_text, options)
-        return report.plan_output(plan, state.block_size, target.note)
+        return report.plan_output(plan, state.block_size, target.note, state)
 
     return task
 
