@@ -428,14 +428,14 @@ class Daemon:
             if self.target is None:
                 indexes = self._blocks_to_online(state)
                 if indexes:
-                    job = _online_task(self.sysfs, self.config, indexes)
+                    job = _online_task(self.sysfs, self.config, indexes, state)
             elif indexes := self._blocks_to_online(state, virtio_mem_only=True):
                 # The host sizes virtio-mem memory: kept offline it gives the host nothing back
                 # and stalls the driver's next plug. Online it, and meet the target with the rest.
-                job = _online_task(self.sysfs, self.config, indexes)
+                job = _online_task(self.sysfs, self.config, indexes, state)
             elif self._target_reachable(state):
                 reachable = min(self.target, state.block_size * len(state.blocks))  # memory may have been unplugged
-                job = _resize_task(self.sysfs, self.config, str(reachable))
+                job = _resize_task(self.sysfs, self.config, str(reachable), state)
         if job is not None:
             self._start_job("hold", job, None)
             return
@@ -634,7 +634,10 @@ class Daemon:
 
 
 def _run_task(sysfs: Sysfs, config: DaemonConfig, run: Callable, dry_run: bool = False) -> Callable[[], dict]:
-    """A task that calls `run(runner, options)` in the child and returns its output and result."""
+    """A task that calls `run(runner, options)` in the child and returns its output and result.
+
+    A run the daemon decides on is given the snapshot it decided from (`state=`): the child
+    is forked moments after it, and on a big guest a scan is the run's largest cost."""
 
     def task() -> dict:
         from ..cli import report
@@ -647,17 +650,19 @@ def _run_task(sysfs: Sysfs, config: DaemonConfig, run: Callable, dry_run: bool =
     return task
 
 
-def _resize_task(sysfs: Sysfs, config: DaemonConfig, size_text: str) -> Callable[[], dict]:
-    return _run_task(sysfs, config, lambda runner, options: runner.resize(sysfs, size_text, options))
+def _resize_task(sysfs: Sysfs, config: DaemonConfig, size_text: str, state: MemoryState | None = None) -> Callable[[], dict]:
+    return _run_task(sysfs, config, lambda runner, options: runner.resize(sysfs, size_text, options, state=state))
 
 
 def _dry_run_task(sysfs: Sysfs, config: DaemonConfig, size_text: str) -> Callable[[], dict]:
     return _run_task(sysfs, config, lambda runner, options: runner.resize(sysfs, size_text, options), dry_run=True)
 
 
-def _online_task(sysfs: Sysfs, config: DaemonConfig, indexes: list[int]) -> Callable[[], dict]:
+def _online_task(sysfs: Sysfs, config: DaemonConfig, indexes: list[int], state: MemoryState | None = None,
+                 ) -> Callable[[], dict]:
     blocks = format_block_list(indexes)
-    return _run_task(sysfs, config, lambda runner, options: runner.change_blocks(sysfs, "online", blocks, options))
+    return _run_task(sysfs, config,
+                     lambda runner, options: runner.change_blocks(sysfs, "online", blocks, options, state=state))
 
 
 def _plan_task(sysfs: Sysfs, config: DaemonConfig, size_text: str) -> Callable[[], dict]:

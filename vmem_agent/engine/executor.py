@@ -52,7 +52,7 @@ class BlockResult:
     seconds: float = 0.0
     errno: int | None = None
     message: str = ""
-    zone: str | None = None  # zone after a successful online
+    zone: str | None = None  # zone after a successful online, from the run's final snapshot
     reason: Reason | None = None  # why the plan wrote this block
     unit: str | None = None  # the DIMM this write empties (or rolls back), when shrinking by DIMM
     rollback: bool = False  # an online that undoes this run's offline of a DIMM that could not be emptied
@@ -192,15 +192,5 @@ class BlockWriter:
                 message += f", gave up after {attempts} attempts"
             return BlockResult(**base, outcome=FAILED, attempts=attempts, seconds=time.monotonic() - began,
                                errno=exc.errno, message=message)
-        zone = None
-        if operation != "offline":
-            zone = self._zone_of(index)
         return BlockResult(**base, outcome=DONE if outcome == "changed" else ALREADY, attempts=attempts,
-                           seconds=time.monotonic() - began, zone=zone)
-
-    def _zone_of(self, index: int) -> str | None:
-        try:
-            zones = self.sysfs.read_zones(index)
-        except SysfsError:
-            return None
-        return zones[0] if zones else None
+                           seconds=time.monotonic() - began)

@@ -12,6 +12,7 @@ further write would only queue behind it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -76,8 +77,9 @@ def plan_resize(sysfs, size_text: str, options: RunOptions):
     return state, target, plan
 
 
-def resize(sysfs, size_text: str, options: RunOptions) -> RunResult:
-    state = sysfs.snapshot()
+def resize(sysfs, size_text: str, options: RunOptions, state: MemoryState | None = None) -> RunResult:
+    """Bring online memory to `size_text`; `state`: a snapshot the caller has just taken (the daemon's)."""
+    state = state or sysfs.snapshot()
     target = resolve_resize_target(state, size_text)
     result = RunResult(target_bytes=target.bytes, initial_online_bytes=state.online_memory_bytes, dry_run=options.dry_run)
     if target.note:
@@ -89,9 +91,10 @@ def resize(sysfs, size_text: str, options: RunOptions) -> RunResult:
     return _run(sysfs, state, make_plan, result, options)
 
 
-def change_blocks(sysfs, operation: str, spec: str, options: RunOptions, force: bool = False) -> RunResult:
+def change_blocks(sysfs, operation: str, spec: str, options: RunOptions, force: bool = False,
+                  state: MemoryState | None = None) -> RunResult:
     """`online`/`offline` of explicit blocks (`12`, `12-20`, `3,5-7`) or of an amount (`1G`)."""
-    state = sysfs.snapshot()
+    state = state or sysfs.snapshot()
     indexes = parse_block_list(spec) if _looks_like_blocks(spec) else None
     result = RunResult(target_bytes=None, initial_online_bytes=state.online_memory_bytes, dry_run=options.dry_run)
     if indexes is not None:
@@ -160,6 +163,7 @@ def _run(sysfs, state: MemoryState, make_plan, result: RunResult, options: RunOp
     with WriterLock(lock_path, options.lock_wait) as lock:
         _apply_rounds(sysfs, state, make_plan, result, options, one_round, lock)
         final = sysfs.snapshot()
+        _record_zones(result, final)
         result.final_online_bytes = final.online_memory_bytes
         result.reached = _reached(result, final)
         result.devices = device_states(final)
@@ -170,6 +174,16 @@ def _run(sysfs, state: MemoryState, make_plan, result: RunResult, options: RunOp
             level = logging.WARNING if result.kdump.action == "failed" else logging.INFO
             log.log(level, "kdump reload %s: %s", result.kdump.action, result.kdump.reason)
     return result
+
+
+def _record_zones(result: RunResult, final: MemoryState) -> None:
+    """Each onlined block's zone, from the final snapshot (one scan, not one read per block)."""
+    zones = {block.index: block.zone for block in final.blocks}
+    result.blocks[:] = [
+        dataclasses.replace(block, zone=zones.get(block.index))
+        if block.operation != policy.WRITE_OFFLINE and block.outcome in (DONE, ALREADY) else block
+        for block in result.blocks
+    ]
 
 
 def _reached(result: RunResult, final: MemoryState) -> bool:
