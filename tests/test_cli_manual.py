@@ -225,7 +225,9 @@ def test_offline_kernel_einval_is_reported_cleanly(grown):
     line = [line for line in proc.stdout.splitlines() if line.startswith('memory block 36 ')]
     assert line and line[0].startswith('memory block 36 (0x120000000-0x127ffffff): offline failed')
     assert line[0].count('EINVAL') == 1
-    assert proc.stdout.splitlines()[-1] == 'Online memory: 3G -> 3G: failed'
+    assert 'Online memory: 3G -> 3G: failed' in proc.stdout.splitlines()
+    # The DIMM the block belongs to is named with its state: still online, nothing to unplug.
+    assert 'DIMM PNP0C80:01 (512M, slot 1, 0x120000000-0x13fffffff, blocks 36-39): online' in proc.stdout.splitlines()
     assert grown.block(36)['state'] == 'online'
 
 

@@ -27,7 +27,7 @@ import pytest
 
 from tests.fake_cli import (
     BLOCK, BOOT, BUSY_ATTEMPTS, DIMMS, VM, agent, one_line_error, online_blocks, result_of, state_writes)
-from tests.fakesysfs import GiB, MiB, TreeSpec
+from tests.fakesysfs import BlockSpec, GiB, MiB, TreeSpec
 from tests.helpers import agent_command
 from vmem_agent.paths import lock_path as default_lock_path
 
@@ -162,8 +162,16 @@ def test_grow_onto_virtio_mem_blocks(fake_kernel):
     assert status['online_bytes'] == 3 * GiB
     assert {(b['origin'], b['state']) for b in status['blocks'] if b['index'] in DIMMS} == {('virtio-mem', 'online')}
 
-    result, _ = result_of(fake_kernel, 'resize', '2.5G', expect=0)
+    # Offlining virtio-mem memory gives the host nothing: resize leaves it, and says what to do.
+    before = len(fake_kernel.writes())
+    result, proc = result_of(fake_kernel, 'resize', '2.5G', expect=1)
+    assert result['blocks'] == [] and fake_kernel.writes()[before:] == []
+    assert [n['code'] for n in result['note_codes']][-1] == 'virtio-mem-lower-requested-size'
+    assert "lower the device's requested-size on the host" in result['notes'][-1]
+    # --per-block still does it, block by block, and each block's reason says what it costs.
+    result, _ = result_of(fake_kernel, 'resize', '2.5G', '--per-block', expect=0)
     assert [(b['index'], b['operation']) for b in result['blocks']] == [(i, 'offline') for i in (39, 38, 37, 36)]
+    assert {b['reason_code'] for b in result['blocks']} == {'virtio-mem-block'}
 
 
 # -- shrink ----------------------------------------------------------------------------------
@@ -205,6 +213,55 @@ def test_shrink_human_output(fake_kernel):
         'memory blocks 36-39 (0x120000000-0x13fffffff): offline done',
         'Online memory: 3G -> 2.5G (target 2.5G): done',
     ]
+
+
+FOUR_DIMMS = TreeSpec.vm(boot_gib=2, dimm_gib=(1, 1, 1, 1))
+
+
+@pytest.mark.fake_kernel(FOUR_DIMMS)
+def test_the_issues_case_whole_dimms_come_back_and_a_split_is_said(fake_kernel):
+    """2 GiB of boot memory and four 1 GiB DIMMs (32-39, 40-47, 48-55, 56-63), all online.
+    `resize 5G` with block 60 busy used to offline 61-63 and 55-59: two DIMMs half offline,
+    nothing the host could unplug. Now DIMM 3 is rolled back and DIMM 2 emptied; and
+    `resize 4.5G` says which DIMM it leaves partly offline."""
+    agent(fake_kernel, 'resize', '6G', expect=0)
+    fake_kernel.set_offline_behaviour(60, 'busy')
+    result, _ = result_of(fake_kernel, 'resize', '5G', expect=0)
+    devices = {d['name']: (d['state'], d['ready_to_eject']) for d in result['devices']}
+    assert devices == {'PNP0C80:00': ('online', False), 'PNP0C80:01': ('online', False),
+                       'PNP0C80:02': ('offline', True), 'PNP0C80:03': ('online', False)}
+    assert online_blocks(fake_kernel, range(32, 64)) == [*range(32, 48), *range(56, 64)]
+    proc = agent(fake_kernel, 'resize', '4.5G', expect=0)
+    lines = proc.stdout.splitlines()
+    assert 'DIMM PNP0C80:01 (1G, slot 1, 0x140000000-0x17fffffff, blocks 40-47): partly offline (512M of it offline): ' \
+           'the host cannot unplug it' in lines
+    assert any(line.startswith('note: DIMM PNP0C80:01 in slot 1 is left partly offline (512M of its 1G)') for line in lines), lines
+    assert online_blocks(fake_kernel, range(32, 64)) == [*range(32, 44), *range(56, 64)]
+
+
+UNKNOWN_AND_KMEM = TreeSpec(blocks=[*(BlockSpec(i) for i in range(16)),
+                                     *(BlockSpec(i, boot=False, zone='Movable') for i in (32, 33)),
+                                     *(BlockSpec(i, boot=False, zone='Movable', group=('kmem', 0)) for i in (34, 35))])
+
+
+@pytest.mark.fake_kernel(UNKNOWN_AND_KMEM)
+def test_memory_of_unknown_origin_or_kmem_is_offlined_only_when_named(fake_kernel):
+    """Blocks 32-33 are not in the boot E820 table and no device claims them (origin
+    unknown); 34-35 are dax/kmem memory. resize never takes them, whatever the unit."""
+    status = json.loads(agent(fake_kernel, 'status', '--json', expect=0).stdout)['memory']
+    assert [(b['index'], b['origin']) for b in status['blocks'] if b['index'] >= 32] == [
+        (32, 'hotplug'), (33, 'hotplug'), (34, 'kmem'), (35, 'kmem')]
+    for unit in ([], ['--per-block']):
+        result, _ = result_of(fake_kernel, 'resize', '2G', *unit, expect=1)
+        assert result['blocks'] == []
+        assert {n['code'] for n in result['note_codes']} >= {'origin-never-offlined'}
+    assert fake_kernel.writes() == []
+    result, _ = result_of(fake_kernel, 'offline', '32-35', expect=64)
+    assert [(b['index'], b['outcome']) for b in result['blocks']] == [(35, 'done'), (34, 'done')]
+    assert [n['code'] for n in result['note_codes']] == ['unknown-origin-needs-force']
+    result, _ = result_of(fake_kernel, 'offline', '32-33', '--force', expect=0)
+    assert [(b['index'], b['reason_code']) for b in result['blocks']] == [(33, 'forced-unknown-origin'),
+                                                                         (32, 'forced-unknown-origin')]
 
 
 # -- no-op and relative sizes -----------------------------------------------------------------
@@ -285,7 +342,7 @@ def test_bad_negative_sizes_are_usage_errors(idle_kernel, size):
 
 
 @pytest.mark.fake_kernel(VM)
-def test_busy_block_is_given_up_after_retries_and_replaced(fake_kernel):
+def test_busy_block_is_given_up_after_retries_and_its_dimm_replaced(fake_kernel):
     grow_to_3g(fake_kernel)
     fake_kernel.set_offline_behaviour(39, 'busy')
     before = len(fake_kernel.writes())
@@ -295,12 +352,44 @@ def test_busy_block_is_given_up_after_retries_and_replaced(fake_kernel):
     assert blocks[39]['outcome'] == 'failed' and blocks[39]['errno'] == 'EBUSY'
     assert blocks[39]['attempts'] == BUSY_ATTEMPTS
     assert 'EBUSY' in blocks[39]['message'] and str(BUSY_ATTEMPTS) in blocks[39]['message']
-    assert [(b['index'], b['outcome']) for b in result['blocks'][1:]] == [(i, 'done') for i in (38, 37, 36, 35)]
+    # DIMM 1 cannot be emptied: DIMM 0 is emptied instead (nothing of DIMM 1 to roll back).
+    assert [(b['index'], b['outcome']) for b in result['blocks'][1:]] == [(i, 'done') for i in (35, 34, 33, 32)]
     writes = state_writes(fake_kernel, before)
     assert writes[:BUSY_ATTEMPTS] == [(39, 'offline', 16)] * BUSY_ATTEMPTS  # 16 = EBUSY
-    assert writes[BUSY_ATTEMPTS:] == [(i, 'offline', 0) for i in (38, 37, 36, 35)]
-    assert fake_kernel.block(39)['state'] == 'online'
-    assert online_blocks(fake_kernel, DIMMS) == [32, 33, 34, 39]
+    assert writes[BUSY_ATTEMPTS:] == [(i, 'offline', 0) for i in (35, 34, 33, 32)]
+    assert online_blocks(fake_kernel, DIMMS) == list(DIMM1)
+    assert {d['name']: (d['state'], d['ready_to_eject']) for d in result['devices']} == {
+        'PNP0C80:00': ('offline', True), 'PNP0C80:01': ('online', False)}
+
+
+@pytest.mark.fake_kernel(VM)
+@pytest.mark.parametrize('behaviour', ['busy', 'hang'])
+def test_a_dimm_that_cannot_be_emptied_is_rolled_back_and_the_next_one_emptied(fake_kernel, behaviour):
+    """EBUSY (after its retries) or a hang in the middle of a DIMM: the blocks of that DIMM
+    offlined in this run go back online, into their zone, and the next DIMM is emptied."""
+    grow_to_3g(fake_kernel)
+    fake_kernel.set_offline_behaviour(37, behaviour)
+    before = len(fake_kernel.writes())
+    result, _ = result_of(fake_kernel, 'resize', '2.5G', '--block-timeout', '1', expect=0)
+    outcome = 'failed' if behaviour == 'busy' else 'timed-out'
+    assert [(b['index'], b['operation'], b['outcome'], b['rollback']) for b in result['blocks']] == [
+        (39, 'offline', 'done', False), (38, 'offline', 'done', False), (37, 'offline', outcome, False),
+        (38, 'online_movable', 'done', True), (39, 'online_movable', 'done', True),
+        *[(i, 'offline', 'done', False) for i in (35, 34, 33, 32)]]
+    assert {b['unit'] for b in result['blocks']} == {'acpi:PNP0C80:01', 'acpi:PNP0C80:00'}
+    assert [b['reason_code'] for b in result['blocks'] if b['rollback']] == ['rollback', 'rollback']
+    rolled = [n for n in result['note_codes'] if n['code'] == 'dimm-rolled-back']
+    assert rolled == [{'code': 'dimm-rolled-back', 'blocks': [38, 39], 'group': 'acpi:PNP0C80:01', 'failed_block': 37}]
+    # The kernel agrees: DIMM 1 is online again in Movable, DIMM 0 is offline and can be ejected.
+    assert [fake_kernel.block(i)['zone'] for i in DIMM1] == ['Movable'] * 4
+    assert online_blocks(fake_kernel, DIMMS) == list(DIMM1)
+    assert result['reached'] is True and result['final_online_bytes'] == int(2.5 * GiB)
+    writes = [w for w in state_writes(fake_kernel, before) if w[1] != 'offline' or w[0] != 37]
+    assert writes == [(39, 'offline', 0), (38, 'offline', 0), (38, 'online_movable', 0), (39, 'online_movable', 0),
+                      *[(i, 'offline', 0) for i in (35, 34, 33, 32)]]
+    assert result['devices'][0]['ready_to_eject'] is True and result['devices'][0]['slot'] == 0
+    human = agent(fake_kernel, 'status', expect=0).stdout
+    assert 'DIMM PNP0C80:00 (512M, slot 0, 0x100000000-0x11fffffff, blocks 32-35): offline, ready to eject' in human
 
 
 @pytest.mark.fake_kernel(VM)
@@ -313,7 +402,7 @@ def test_busy_once_then_ok_succeeds_on_the_retry(fake_kernel):
 
 
 @pytest.mark.fake_kernel(ONE_DIMM)
-def test_all_candidates_busy_fails_with_the_exact_gap(fake_kernel):
+def test_a_dimm_that_cannot_be_emptied_fails_with_the_exact_gap(fake_kernel):
     agent(fake_kernel, 'resize', '2.5G', expect=0)
     for index in DIMM0:
         fake_kernel.set_offline_behaviour(index, 'busy')
@@ -322,22 +411,26 @@ def test_all_candidates_busy_fails_with_the_exact_gap(fake_kernel):
     assert result['final_online_bytes'] == int(2.5 * GiB)
     # A shrink that stops short leaves memory over the target: excess_bytes says how much.
     assert result['excess_bytes'] == 512 * MiB and result['shortfall_bytes'] == 0
+    # Its first block fails: the rest of the DIMM is not tried (emptying it can no longer work).
     assert [(b['index'], b['outcome'], b['errno'], b['attempts']) for b in result['blocks']] == [
-        (i, 'failed', 'EBUSY', BUSY_ATTEMPTS) for i in (35, 34, 33, 32)]
+        (35, 'failed', 'EBUSY', BUSY_ATTEMPTS)]
     assert online_blocks(fake_kernel, DIMM0) == list(DIMM0)
 
 
 @pytest.mark.fake_kernel(ONE_DIMM)
-def test_some_candidates_busy_is_partial(fake_kernel):
+def test_some_blocks_busy_per_block_is_partial(fake_kernel):
     agent(fake_kernel, 'resize', '2.5G', expect=0)
     fake_kernel.set_offline_behaviour(35, 'busy')
     fake_kernel.set_offline_behaviour(34, 'busy')
-    result, _ = result_of(fake_kernel, 'resize', '2G', expect=64)
+    result, _ = result_of(fake_kernel, 'resize', '2G', expect=1)  # by DIMM: nothing can be emptied
+    assert [(b['index'], b['outcome']) for b in result['blocks']] == [(35, 'failed')]
+    result, _ = result_of(fake_kernel, 'resize', '2G', '--per-block', expect=64)
     assert result['final_online_bytes'] == 2 * GiB + 256 * MiB
     assert result['excess_bytes'] == 256 * MiB
     assert [(b['index'], b['outcome']) for b in result['blocks']] == [
         (35, 'failed'), (34, 'failed'), (33, 'done'), (32, 'done')]
     assert result['kdump'] is not None  # something changed
+    assert result['devices'][0]['state'] == 'partly-offline'
 
 
 @pytest.mark.fake_kernel(ONE_DIMM)
@@ -345,7 +438,7 @@ def test_busy_human_output_names_block_range_and_gap(fake_kernel):
     agent(fake_kernel, 'resize', '2.5G', expect=0)
     fake_kernel.set_offline_behaviour(35, 'busy')
     fake_kernel.set_offline_behaviour(34, 'busy')
-    proc = agent(fake_kernel, 'resize', '2G', expect=64)
+    proc = agent(fake_kernel, 'resize', '2G', '--per-block', expect=64)
     lines = proc.stdout.splitlines()
     # Both busy blocks failed alike: one line names them and their address range.
     busy = [line for line in lines if line.startswith('memory block') and 'failed' in line]
@@ -358,6 +451,9 @@ def test_busy_human_output_names_block_range_and_gap(fake_kernel):
     # 2.25G shows as 2.3G, as lsmem rounds; the gap is exact.
     assert len(summary) == 1 and summary[0].startswith('Online memory: 2.5G -> 2.3G (target 2G), 256M ')
     assert 'above' in summary[0] and summary[0].endswith(': partial')
+    # The DIMM is named: partly offline, so the host cannot unplug it.
+    assert ('DIMM PNP0C80:00 (512M, slot 0, 0x100000000-0x11fffffff, blocks 32-35): partly offline (256M of it offline): '
+            'the host cannot unplug it') in lines
 
 
 # -- hanging offlines and deadlines -----------------------------------------------------------
@@ -380,8 +476,8 @@ def test_hanging_offline_is_interrupted_and_the_next_block_used(fake_kernel):
     first = result['blocks'][0]
     assert (first['index'], first['outcome'], first['errno'], first['attempts']) == (39, 'timed-out', 'EINTR', 1)
     assert 2 <= first['seconds'] < 5
-    assert '2s' in first['message'] and 'stuck' not in first['message']
-    assert [(b['index'], b['outcome']) for b in result['blocks'][1:]] == [(i, 'done') for i in (38, 37, 36, 35)]
+    assert '2s' in first['message'] and 'SIGKILL' not in first['message']
+    assert [(b['index'], b['outcome']) for b in result['blocks'][1:]] == [(i, 'done') for i in (35, 34, 33, 32)]
     # The kernel saw the write end with EINTR, and the block is online again.
     assert state_writes(fake_kernel, before)[0] == (39, 'offline', 4)
     assert fake_kernel.block(39)['state'] == 'online' and fake_kernel.block(39)['zone'] == 'Movable'
@@ -398,7 +494,7 @@ def test_overall_deadline_stops_and_leaves_the_rest_not_attempted(fake_kernel):
         fake_kernel.set_offline_behaviour(index, 'hang')
     before = len(fake_kernel.writes())
     began = time.monotonic()
-    result, _ = result_of(fake_kernel, 'resize', '2G', '--block-timeout', '1', '--timeout', '3', expect=64)
+    result, _ = result_of(fake_kernel, 'resize', '2G', '--block-timeout', '1', '--timeout', '3', '--per-block', expect=64)
     elapsed = time.monotonic() - began
     assert elapsed < 3 + 8
     outcomes = [(b['index'], b['outcome']) for b in result['blocks']]
@@ -408,6 +504,7 @@ def test_overall_deadline_stops_and_leaves_the_rest_not_attempted(fake_kernel):
     assert outcomes[4:] == [(i, 'not-attempted') for i in (35, 34, 33, 32)]
     assert all(b['message'] == 'overall deadline expired' for b in result['blocks'][4:])
     assert any('overall deadline of 3s expired' in note for note in result['notes'])
+    assert [n['code'] for n in result['note_codes']].count('deadline-expired') == 1
     assert result['final_online_bytes'] == 3 * GiB - BLOCK
     assert result['excess_bytes'] == 7 * BLOCK
     assert online_blocks(fake_kernel, DIMMS) == list(range(32, 39))
@@ -421,7 +518,8 @@ def test_overall_deadline_with_nothing_done_fails(fake_kernel):
     for index in DIMMS:
         fake_kernel.set_offline_behaviour(index, 'hang')
     began = time.monotonic()
-    result, proc = result_of(fake_kernel, 'resize', '2G', '--block-timeout', '0.5', '--timeout', '1', expect=1)
+    result, proc = result_of(fake_kernel, 'resize', '2G', '--block-timeout', '0.5', '--timeout', '1', '--per-block',
+                             expect=1)
     assert time.monotonic() - began < 1 + 8
     assert result['kdump'] is None and result['final_online_bytes'] == 3 * GiB
     assert {b['outcome'] for b in result['blocks']} == {'timed-out', 'not-attempted'}
@@ -434,6 +532,39 @@ def _descendants(pid):
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+@pytest.mark.fake_kernel(VM)
+def test_a_writer_stuck_after_sigkill_ends_the_run_and_is_named_by_the_next_one(fake_kernel):
+    """The offline writer of block 39 does not exit even after SIGKILL (the kernel keeps it
+    in D state): it holds the device hotplug lock, so the run stops at once with one note
+    naming the block and the pid, writes nothing more, and the next run's busy message names
+    that writer, which still holds the lock, not the agent that started it."""
+    grow_to_3g(fake_kernel)
+    fake_kernel.set_offline_behaviour(39, 'stuck')
+    before = len(fake_kernel.writes())
+    try:
+        result, _ = result_of(fake_kernel, 'resize', '2G', '--block-timeout', '0.5', expect=1, timeout=120)
+        assert [(b['index'], b['outcome']) for b in result['blocks']] == [(39, 'timed-out')]
+        pid = result['blocks'][0]['stuck_pid']
+        assert pid and psutil.pid_exists(pid) and psutil.Process(pid).status() == psutil.STATUS_DISK_SLEEP
+        assert result['stuck_writer'] == {'block': 39, 'pid': pid}
+        stuck = [n for n in result['notes'] if n.startswith('stopped: ')]
+        assert len(stuck) == 1 and f'memory block 39 (pid {pid})' in stuck[0]
+        assert 'no further write was attempted' in stuck[0]
+        assert result['kdump'] is None
+        # The write is still in the kernel (the log has a write once it returns); nothing came after it.
+        assert fake_kernel.writes()[before:] == [] and fake_kernel.block(39)['state'] == 'going-offline'
+        busy = agent(fake_kernel, 'resize', '2.5G', expect=4)
+        one_line_error(busy, f'pid {pid}: offline writer of memory block 39, stuck in the kernel')
+        assert fake_kernel.writes()[before:] == []
+    finally:
+        fake_kernel.set_offline_behaviour(39, 'ok')  # the kernel lets go: the writer finishes and exits
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [(w['block'], w['pid']) for w in fake_kernel.writes()[before:]] == [(39, pid)]
+    result, _ = result_of(fake_kernel, 'resize', '2.5G', expect=0)  # the lock is free again
 
 
 @pytest.mark.fake_kernel(VM)

@@ -15,8 +15,10 @@ import signal
 import pytest
 
 from tests.daemon_harness import DaemonProcess
-from tests.fake_cli import BOOT, DIMMS, agent
+from tests.fake_cli import DIMMS, agent
 from tests.fakesysfs import TreeSpec
+from vmem_agent.core.model import ORIGIN_VIRTIO_MEM
+from vmem_agent.kernel.sysfs import Sysfs
 
 BASE = 'event_source = "udev"\n'
 # 2 GiB boot memory (blocks 0-15) and two 512 MiB DIMMs (32-35, 36-39) present at start.
@@ -184,3 +186,17 @@ def test_memory_of_the_daemon_does_not_grow_with_events(make_fake_kernel, start_
         daemon.wait_until(lambda: online(kernel, range(64, 320)), timeout=120, what='burst online again')
     assert daemon.status()['rss_bytes'] - first < 2 << 20, (first, daemon.status()['rss_bytes'])
     assert os.path.exists(f'/proc/{daemon.process.pid}')
+
+
+def test_with_a_target_virtio_mem_memory_is_onlined_and_the_target_met_with_dimms(make_fake_kernel, start_daemon):
+    """The host sizes virtio-mem memory: the daemon onlines all of it even beyond the target (kept
+    offline it gives the host nothing and stalls the driver), and meets the target with the DIMMs."""
+    kernel = make_fake_kernel(TreeSpec.vm(boot_gib=2, dimm_gib=(0.5, 0.5), virtio_mem_gib=2, virtio_mem_plugged_gib=1),
+                              netlink=True)
+    virtio = [block.index for block in Sysfs(kernel.root).snapshot().blocks if block.origin == ORIGIN_VIRTIO_MEM]
+    assert len(virtio) == 8
+    daemon = start_daemon(kernel, BASE + 'kdump = "never"\ntarget = "3G"\n')
+    # boot 2G + virtio-mem 1G = 3G: the DIMMs stay offline
+    assert online(kernel, virtio) and not any(kernel.block(i)['state'] == 'online' for i in DIMMS)
+    status = daemon.status()
+    assert status['mode'] == 'target' and status['last_run'] is not None

@@ -8,7 +8,6 @@ offline timeout) and pin engine-level bugs to the function that has them.
 from __future__ import annotations
 
 import errno
-import os
 
 import psutil
 import pytest
@@ -16,7 +15,8 @@ import pytest
 from tests.fakesysfs import GiB, MiB, TreeSpec
 from vmem_agent.engine import runner as engine
 from vmem_agent.engine.runner import RunOptions
-from vmem_agent.errors import EXIT_FAILURE, EXIT_OK, OfflineTimeoutError
+from vmem_agent.core.policy import PolicyConfig
+from vmem_agent.errors import EXIT_FAILURE, EXIT_OK, InvalidRequestError, OfflineTimeoutError
 from vmem_agent.engine.executor import BlockWriter, Deadline
 from vmem_agent.engine.kdump import KdumpConfig
 from vmem_agent.kernel.offline_child import offline_block
@@ -62,7 +62,7 @@ def test_expired_deadline_attempts_nothing(fake_kernel, tmp_path):
     result = engine.resize(Sysfs(fake_kernel.root), '3G', options)
     assert result.exit_code == EXIT_FAILURE and not result.changed and result.kdump is None
     assert [(r.index, r.outcome) for r in result.blocks] == [(i, 'not-attempted') for i in DIMMS]
-    assert any('overall deadline' in note for note in result.notes)
+    assert [note.code for note in result.notes] == ['deadline-expired']
     assert fake_kernel.writes() == []
 
 
@@ -113,3 +113,40 @@ def test_memory_figures_come_from_the_roots_meminfo(fake_kernel):
     assert before is not None and after is not None
     assert after.total_bytes == before.total_bytes
     assert after.available_bytes == after.total_bytes - 1 * GiB
+
+
+@pytest.mark.fake_kernel(VM)
+def test_online_in_another_zone_is_not_already_done(fake_kernel, options):
+    """EINVAL for online_movable on a block online in Normal is not "already": the gateway
+    raises it and names the zone; the CLI run notes it and does not call it done."""
+    sysfs = Sysfs(fake_kernel.root)
+    assert sysfs.write_block_state(36, 'online_kernel') == 'changed'
+    assert sysfs.write_block_state(36, 'online_kernel') == 'already'
+    with pytest.raises(InvalidRequestError, match="already online, in zone Normal"):
+        sysfs.write_block_state(36, 'online_movable')
+    assert sysfs.write_block_state(36, 'online') == 'already'
+    result = engine.change_blocks(sysfs, 'online', '36', RunOptions(
+        policy=PolicyConfig(zone_mode='movable'), lock_path=options.lock_path, kdump=options.kdump))
+    assert result.blocks == [] and result.exit_code == EXIT_FAILURE
+    assert [note.code for note in result.notes] == ['online-in-other-zone']
+
+
+@pytest.mark.fake_kernel(VM)
+def test_a_run_prints_the_same_from_its_json_wire_form(fake_kernel, options):
+    """A daemon sends RunResult.to_json() over its socket: rendered after a JSON round trip,
+    a result must read exactly as it does in the process that ran it."""
+    import json
+
+    from vmem_agent.cli import report
+
+    sysfs = Sysfs(fake_kernel.root)
+    engine.resize(sysfs, '3G', options)
+    fake_kernel.set_offline_behaviour(37, 'busy')
+    result = engine.resize(sysfs, '2.5G', options)
+    wire = result.to_json()
+    received = json.loads(json.dumps(wire))
+    assert report.render_run(received) == report.render_run(wire)
+    assert report.result_document(received) == report.result_document(wire)
+    text = report.render_run(received)
+    assert 'memory blocks 38-39 (0x130000000-0x13fffffff): online_movable done, zone Movable (rolled back)' in text
+    assert 'ready to eject' in text

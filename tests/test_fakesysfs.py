@@ -639,6 +639,26 @@ def test_iomem_shows_boot_dimm_and_virtio_mem_memory_as_the_kernel_does(fake_ker
         '  1a0000000-1a7ffffff : System RAM (virtio_mem)\n')
 
 
+def test_boot_e820_beyond_the_table_is_a_setup_data_extension(make_fake_kernel):
+    from vmem_agent.kernel.e820 import boot_ram_ranges, extension_ram_ranges
+
+    kernel = make_fake_kernel(TreeSpec.vm(boot_gib=4, e820_table_entries=3))
+    params = kernel.root / 'sys/kernel/boot_params'
+    table = boot_ram_ranges((params / 'data').read_bytes())
+    assert read(params / 'setup_data/0/type') == '0x1\n'
+    extension = extension_ram_ranges((params / 'setup_data/0/data').read_bytes())
+    assert table == [(0, 0x9fbff)] and extension == [(0x100000, 0xbffdffff), (1 << 32, (1 << 32) + (1 << 30) - 1)]
+    assert not (make_fake_kernel(TreeSpec.vm(boot_e820=False)).root / 'sys/kernel/boot_params').exists()
+
+
+def test_kmem_memory_shows_in_iomem_below_its_dax_device(make_fake_kernel):
+    spec = TreeSpec(blocks=[BlockSpec(0), BlockSpec(1), BlockSpec(2, boot=False, group=('kmem', 0)),
+                            BlockSpec(3, boot=False, group=('kmem', 0))])
+    lines = read(make_fake_kernel(spec).root / 'proc/iomem').splitlines()
+    at = lines.index('10000000-1fffffff : dax0.0')
+    assert lines[at + 1] == '  10000000-1fffffff : System RAM (kmem)'
+
+
 @pytest.mark.fake_kernel(VM)
 def test_crash_files_follow_set_crash(fake_kernel):
     loaded = fake_kernel.root / 'sys/kernel/kexec_crash_loaded'
@@ -758,6 +778,14 @@ def test_the_same_vm_reads_like_a_recorded_qemu_guest(tmp_path):
         RECORDED_QEMU_GUEST, 'iomem', lambda line: 'System RAM' in line)
     assert [line.split(':')[0] for line in lines(fake, 'meminfo', bool)] == [
         line.split(':')[0] for line in lines(RECORDED_QEMU_GUEST, 'meminfo', bool)]
+    # The boot E820 table: the same entries below 4 GiB (QEMU also reserves a range at 1 TiB).
+    from vmem_agent.kernel.e820 import E820_ENTRIES_OFFSET, E820_ENTRY, E820_TABLE_OFFSET
+
+    def e820(root: Path) -> list[tuple]:
+        data = (root / 'sys/kernel/boot_params/data').read_bytes()
+        return [entry for number in range(data[E820_ENTRIES_OFFSET])
+                if (entry := E820_ENTRY.unpack_from(data, E820_TABLE_OFFSET + number * E820_ENTRY.size))[0] < 1 << 32]
+    assert e820(fake) == e820(RECORDED_QEMU_GUEST)
 
 
 def test_a_static_tree_of_65536_blocks_builds_in_seconds():

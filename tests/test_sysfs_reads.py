@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from vmem_agent.core.model import MemoryDevice
 from vmem_agent.errors import UnsupportedSystemError
 from vmem_agent.kernel.sysfs import Sysfs
 
@@ -176,6 +179,14 @@ def boot_params_with(entries: list[tuple[int, int, int]]) -> bytes:
     return bytes(data)
 
 
+def write_boot_params(root: Path, entries) -> Path:
+    """root/sys/kernel/boot_params with a boot E820 table of `entries` (addr, size, type); the directory."""
+    kernel = root / "sys/kernel/boot_params"
+    kernel.mkdir(parents=True)
+    (kernel / "data").write_bytes(boot_params_with(entries))
+    return kernel
+
+
 def test_e820_ram_ranges_are_parsed():
     from vmem_agent.kernel.e820 import boot_ram_ranges
 
@@ -199,6 +210,43 @@ def test_boot_e820_decides_boot_memory_over_other_signals(tmp_path):
     assert origins == [("boot", None), ("boot", None), ("boot", None), ("hotplug", None)]
 
 
+def test_boot_e820_continues_in_setup_data(tmp_path):
+    """More than 128 boot E820 entries: the rest are a SETUP_E820_EXT node (type 0x1) of
+    /sys/kernel/boot_params/setup_data; other setup_data types (here 0x9, an RNG seed) are not."""
+    from vmem_agent.kernel.e820 import E820_ENTRY
+
+    root = make_tree(tmp_path, {i: full("online", "Normal") for i in range(4)})
+    kernel = write_boot_params(root, [(0, BLOCK, 1)])
+    extension = kernel / "setup_data/0"
+    extension.mkdir(parents=True)
+    (extension / "type").write_text("0x1\n")
+    (extension / "data").write_bytes(E820_ENTRY.pack(2 * BLOCK, BLOCK, 1) + E820_ENTRY.pack(3 * BLOCK, BLOCK, 2))
+    seed = kernel / "setup_data/1"
+    seed.mkdir()
+    (seed / "type").write_text("0x9\n")
+    (seed / "data").write_bytes(E820_ENTRY.pack(BLOCK, BLOCK, 1))  # as if RAM: must be ignored
+    origins = [b.origin for b in Sysfs(root).snapshot().blocks]
+    assert origins == ["boot", "hotplug", "boot", "hotplug"]
+
+
+def test_kmem_memory_is_its_own_origin_and_devices_carry_the_dimm_slot(tmp_path):
+    blocks = {i: full("online", "Movable") for i in range(4)}
+    iomem = (f"{0:08x}-{BLOCK - 1:08x} : System RAM\n"
+             f"{2 * BLOCK:08x}-{4 * BLOCK - 1:08x} : dax0.0\n"
+             f"  {2 * BLOCK:08x}-{4 * BLOCK - 1:08x} : System RAM (kmem)\n")
+    root = make_tree(tmp_path, blocks, extra={"proc/iomem": iomem})
+    write_boot_params(root, [(0, BLOCK, 1)])
+    acpi = root / "sys/bus/acpi/devices/PNP0C80:03"
+    acpi.mkdir(parents=True)
+    (acpi / "uid").write_text("0x03\n")
+    (acpi / "physical_node").symlink_to("../../../../devices/system/memory/memory1")
+    state = Sysfs(root).snapshot()
+    assert [(b.origin, b.group) for b in state.blocks] == [
+        ("boot", None), ("dimm", "acpi:PNP0C80:03"), ("kmem", "kmem:dax0.0"), ("kmem", "kmem:dax0.0")]
+    assert state.device("acpi:PNP0C80:03") == MemoryDevice("acpi:PNP0C80:03", "dimm", "PNP0C80:03", "0x03", 3)
+    assert state.device("kmem:dax0.0") == MemoryDevice("kmem:dax0.0", "kmem", "dax0.0")
+
+
 @pytest.mark.parametrize(
     "targets,expected",
     [
@@ -216,3 +264,16 @@ def test_dimm_membership_from_acpi_links(tmp_path, targets, expected):
         (acpi / name).symlink_to(f"../../../../devices/system/memory/memory{block}")
     dimm = {b.index for b in Sysfs(root).snapshot().blocks if b.group == "acpi:PNP0C80:03"}
     assert dimm == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12)), min_size=1, max_size=8), st.integers(0, 50))
+def test_boot_classification_is_any_overlap_with_boot_ram(entries, index):
+    """The classifier bisects merged ranges; it must say what a plain overlap test says."""
+    from vmem_agent.core.origins import origin_classifier
+
+    ram = [(start * 64, start * 64 + length * 64 + 63) for start, length in entries]  # byte ranges, 64-byte grain
+    classify = origin_classifier(ram, {}, [], 128)
+    start = index * 128
+    expected = any(low <= start + 127 and start <= high for low, high in ram)
+    assert (classify(index, start)[0] == "boot") == expected

@@ -11,6 +11,10 @@ OFFLINE_BLOCK_TIMEOUT_S = 30.0
 RESIZE_TIMEOUT_S = 600.0
 
 ZONE_MODES = ("auto", "movable", "normal")
+# What a shrink takes back whole: a DIMM (what the host can eject), or single blocks.
+SHRINK_BY_DIMM = "dimm"
+SHRINK_BY_BLOCK = "block"
+SHRINK_UNITS = (SHRINK_BY_DIMM, SHRINK_BY_BLOCK)
 DEFAULT_MOVABLE_RATIO = 301  # the kernel's auto_movable_ratio default
 # When to reload kdump after a change: "auto" only if a crash kernel is loaded, "always", or "never".
 KDUMP_MODES = ("auto", "always", "never")

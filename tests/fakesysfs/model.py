@@ -17,8 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from vmem_agent.core.zonerule import PAGE, ZoneCounters
+from vmem_agent.kernel.e820 import E820_ENTRIES_OFFSET, E820_ENTRY, E820_TABLE_OFFSET
+
+E820_RAM = 1
+E820_RESERVED = 2
+
 from .spec import (
-    AUTO_ONLINE_VALUES, ONLINE_POLICIES, ONLINE_TYPES, PAGE_SIZE, Group, OfflineBehaviour, TreeSpec,
+    AUTO_ONLINE_VALUES, DYNAMIC_GROUP_KINDS, ONLINE_POLICIES, ONLINE_TYPES, Group, OfflineBehaviour, TreeSpec,
     check_block_placement, normalise_offline_behaviour,
 )
 
@@ -121,21 +127,14 @@ class Block:
 
 
 @dataclass
-class _GroupStats:
-    node: int
-    present: int = 0
-    kernel: int = 0  # online blocks in a kernel zone
-    movable: int = 0  # online blocks in ZONE_MOVABLE
-
-
-@dataclass
 class _ZoneStats:
-    """What zone selection looks at, counted in blocks and cached until a block changes."""
+    """What zone selection looks at, cached until a block changes: zone spans, and per
+    (node, group, Movable, early) the online blocks that the auto-movable rule counts."""
 
     spans: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)  # (node, zone)
-    kernel_early: Counter = field(default_factory=Counter)  # node -> online boot kernel blocks
-    movable: Counter = field(default_factory=Counter)  # node -> online Movable blocks
-    groups: dict[Group, _GroupStats] = field(default_factory=dict)
+    online: Counter = field(default_factory=Counter)  # (node, group, movable, early) -> blocks
+    groups: dict[Group, list] = field(default_factory=dict)  # group -> [node, present blocks]
+    counters: dict[tuple[int, bool], ZoneCounters] = field(default_factory=dict)  # (ratio, numa aware)
 
 
 class KernelModel:
@@ -152,7 +151,7 @@ class KernelModel:
         self.spec = spec
         self._uevent_sink = uevent_sink
         self.block_size = spec.block_size
-        self.pages_per_block = spec.block_size // PAGE_SIZE
+        self.pages_per_block = spec.block_size // PAGE
         self.blocks = {
             block.index: Block(block.index, block.node, block.state, block.zone, block.boot,
                                block.group, block.offline)
@@ -260,7 +259,8 @@ class KernelModel:
 
     def iomem_text(self) -> str:
         """/proc/iomem as root sees it: boot RAM and each DIMM as `System RAM`, virtio-mem
-        memory as `System RAM (virtio_mem)` under its device region `virtioN`."""
+        memory as `System RAM (virtio_mem)` under its device region `virtioN`, dax/kmem memory
+        as `System RAM (kmem)` under `daxN.0`."""
         with self.lock:
             owners = [(index, self._resource_owner(self.blocks[index])) for index in sorted(self.blocks)]
         runs: list[list] = []  # [first, last, owner]
@@ -277,6 +277,8 @@ class KernelModel:
                 top += _boot_ram_resources(start, end)
             elif owner[0] == 'virtio_mem':
                 virtio_children[owner[1]].append((start, end, 'System RAM (virtio_mem)', []))
+            elif owner[0] == 'kmem':  # dax/kmem claims the dax device's range: dax<n>.0 / System RAM (kmem)
+                top.append((start, end, f'dax{owner[1]}.0', [(start, end, 'System RAM (kmem)', [])]))
             else:
                 top.append((start, end, 'System RAM', []))
         for device, region in self.spec.virtio_mem_regions.items():
@@ -285,6 +287,31 @@ class KernelModel:
         lines: list[str] = []
         _render_resources(sorted(top), 0, lines)
         return ''.join(lines)
+
+    def boot_params_e820(self) -> tuple[bytes, bytes]:
+        """The boot E820 table as struct boot_params (4096 bytes) and the SETUP_E820_EXT data
+        for the entries that do not fit: the boot blocks as the firmware reported them."""
+        boot = sorted(index for index, block in self.blocks.items() if block.boot)
+        entries: list[tuple[int, int, int]] = []
+        runs: list[list[int]] = []
+        for index in boot:
+            if runs and runs[-1][1] == index - 1:
+                runs[-1][1] = index
+            else:
+                runs.append([index, index])
+        for first, last in runs:
+            start, end = first * self.block_size, (last + 1) * self.block_size - 1
+            entries += [(low, high - low + 1, kind) for low, high, kind in _boot_e820_entries(start, end)]
+        if any(first == 0 for first, _ in runs):
+            entries.append((0xfffc0000, 0x40000, E820_RESERVED))
+        entries.sort()
+        table = entries[:self.spec.e820_table_entries]
+        data = bytearray(4096)
+        data[E820_ENTRIES_OFFSET] = len(table)
+        for number, entry in enumerate(table):
+            E820_ENTRY.pack_into(data, E820_TABLE_OFFSET + number * E820_ENTRY.size, *entry)
+        extension = b''.join(E820_ENTRY.pack(*entry) for entry in entries[len(table):])
+        return bytes(data), extension
 
     @staticmethod
     def _resource_owner(block: Block):
@@ -548,8 +575,10 @@ class KernelModel:
             behaviour = block.offline_behaviour
             if behaviour == 'ok':
                 return
-            if behaviour == 'hang':
-                if self._released or caller.interrupted():
+            if behaviour in ('hang', 'stuck'):
+                # `stuck` answers no signal: the FUSE request stays unanswered, and the kernel keeps
+                # even a SIGKILLed writer waiting for it (D state), as a real offline can get stuck.
+                if self._released or (behaviour == 'hang' and caller.interrupted()):
                     raise os_error(errno.EINTR)
                 self.changed.wait(POLL_SECONDS)
                 continue
@@ -563,27 +592,31 @@ class KernelModel:
         if self._stats is None:
             stats = _ZoneStats()
             for block in self.blocks.values():
-                group = None
                 if block.group is not None:
-                    group = stats.groups.setdefault(block.group, _GroupStats(block.node))
-                    group.present += 1
+                    stats.groups.setdefault(block.group, [block.node, 0])[1] += 1
                 if block.state == 'offline':
                     continue
                 # A block across zones (x86 block 0: DMA and DMA32) widens both spans.
                 for zone in ('DMA', 'DMA32') if block.zone == 'none' else (block.zone,):
                     first, last = stats.spans.get((block.node, zone), (block.index, block.index))
                     stats.spans[block.node, zone] = (min(first, block.index), max(last, block.index))
-                if block.zone == 'Movable':
-                    stats.movable[block.node] += 1
-                elif block.boot:
-                    stats.kernel_early[block.node] += 1
-                if group is not None:
-                    if block.zone == 'Movable':
-                        group.movable += 1
-                    else:
-                        group.kernel += 1
+                movable = block.zone == 'Movable'
+                stats.online[block.node, block.group, movable, block.boot and not movable] += 1
             self._stats = stats
         return self._stats
+
+    def _zone_counters(self, stats: _ZoneStats) -> ZoneCounters:
+        """The kernel's auto-movable statistics (vmem_agent.core.zonerule) for the present blocks."""
+        key = (self.auto_movable_ratio, self.auto_movable_numa_aware)
+        counters = stats.counters.get(key)
+        if counters is None:
+            counters = ZoneCounters(*key)
+            for group, (node, present) in stats.groups.items():
+                counters.add_group(group, group[0] in DYNAMIC_GROUP_KINDS, node, present * self.pages_per_block)
+            for (node, group, movable, early), blocks in stats.online.items():
+                counters.account(node, group, movable, early, blocks * self.pages_per_block)
+            stats.counters[key] = counters
+        return counters
 
     def _zone_for(self, block: Block, online_type: str) -> str:
         """zone_for_pfn_range(): the zone onlining with this type would pick."""
@@ -619,45 +652,21 @@ class KernelModel:
         return kernel_zone
 
     def _auto_movable_zone(self, stats: _ZoneStats, block: Block) -> str:
-        """auto_movable_zone_for_pfn(): Movable while the ratio to early kernel memory allows
-        it; a DIMM goes all kernel as soon as one of its blocks is kernel. A virtio-mem unit
-        is one memory block here."""
-        if self.auto_movable_ratio:
-            remaining_blocks = 1
-            if block.group is not None and block.group[0] == 'dimm':
-                group = stats.groups[block.group]
-                remaining_blocks = 0 if group.kernel else group.present - group.movable
-            pages = remaining_blocks * self.pages_per_block
-            if (remaining_blocks
-                    and self._can_online_movable(stats, None, block.group, pages)
-                    and (not self.auto_movable_numa_aware
-                         or self._can_online_movable(stats, block.node, block.group, pages))):
-                return 'Movable'
-        return self._default_kernel_zone(stats, block)
+        """auto_movable_zone_for_pfn(): Movable while the ratio to early kernel memory allows it,
+        with the kernel's memory groups (the one implementation in vmem_agent.core.zonerule);
+        a virtio-mem unit is one memory block here."""
+        decision = self._zone_counters(stats).decide(block.node, block.group, self.pages_per_block)
+        return 'Movable' if decision.movable else self._default_kernel_zone(stats, block)
 
-    def _can_online_movable(self, stats: _ZoneStats, node: int | None, group: Group | None,
-                            pages: int) -> bool:
-        """auto_movable_can_online_movable(), system-wide (node None) or for one node."""
-        ratio = self.auto_movable_ratio
-        per_block = self.pages_per_block
-        nodes = stats.kernel_early.keys() | stats.movable.keys() if node is None else {node}
-        kernel_early = sum(stats.kernel_early[each] for each in nodes) * per_block
-        movable = sum(stats.movable[each] for each in nodes) * per_block
-        # Kernel memory in another virtio-mem device pays for that device's Movable memory.
-        required_kernel_early = other_movable = 0
-        for other, counts in stats.groups.items():
-            if other[0] != 'virtio_mem' or other == group or (node is not None and counts.node != node):
-                continue
-            required = counts.movable * per_block * 100 // ratio - counts.kernel * per_block
-            required_kernel_early += max(required, 0)
-            other_movable += counts.movable * per_block
-        if kernel_early <= required_kernel_early:
-            return False
-        kernel_early -= required_kernel_early
-        movable -= other_movable
-        if group is not None and group[0] == 'virtio_mem':
-            kernel_early += stats.groups[group].kernel * per_block
-        return movable + pages <= ratio * kernel_early // 100
+
+def _boot_e820_entries(start: int, end: int) -> list[tuple[int, int, int]]:
+    """(start, end, E820 type) of boot RAM as SeaBIOS reports it: the range from address 0
+    loses the EBDA and the BIOS area of its first MiB and the 128 KiB below the PCI hole."""
+    if start or not 0x100000 + _SEABIOS_RESERVED < end < _PCI_HOLE_END:
+        return [(start, end, E820_RAM)]
+    ram_end = end - _SEABIOS_RESERVED
+    return [(0, 0x9fbff, E820_RAM), (0x9fc00, 0x9ffff, E820_RESERVED), (0xf0000, 0xfffff, E820_RESERVED),
+            (0x100000, ram_end, E820_RAM), (ram_end + 1, end, E820_RESERVED)]
 
 
 def _boot_ram_resources(start: int, end: int) -> list[tuple[int, int, str, list]]:

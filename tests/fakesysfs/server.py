@@ -113,7 +113,8 @@ class SysfsOperations(mfusepy.Operations):
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         node = self._opened_file(path)
-        return node.read().encode()[offset:offset + size]
+        content = node.read()
+        return (content.encode() if isinstance(content, str) else content)[offset:offset + size]
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         """One store() call per write(2), whatever the offset, as sysfs does."""

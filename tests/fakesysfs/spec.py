@@ -12,17 +12,20 @@ GiB = 1024 * MiB
 PAGE_SIZE = 4096
 
 ZONES = ('DMA', 'DMA32', 'Normal', 'Movable', 'none')
-GROUP_KINDS = ('dimm', 'virtio_mem')
+GROUP_KINDS = ('dimm', 'virtio_mem', 'kmem')
+DYNAMIC_GROUP_KINDS = ('virtio_mem',)
 ONLINE_TYPES = ('online', 'online_kernel', 'online_movable')
 AUTO_ONLINE_VALUES = ('offline',) + ONLINE_TYPES
 ONLINE_POLICIES = ('contig-zones', 'auto-movable')
 
 # ('dimm', n): ACPI DIMM n, a static memory group (all Movable or all kernel).
 # ('virtio_mem', n): virtio-mem device n, a dynamic memory group.
+# ('kmem', n): device-dax dax{n}.0 onlined by dax/kmem, a static memory group.
 Group = tuple[str, int]
 # 'ok', 'busy' (EBUSY every time), ('busy', k) (EBUSY k times, then ok), 'hang' (until the
-# writer gets a signal) or an errno the offline fails with.
-OfflineBehaviour = Union[Literal['ok', 'busy', 'hang'], tuple[Literal['busy'], int], int]
+# writer gets a signal), 'stuck' (not even SIGKILL ends it: the writer stays in D state until
+# the behaviour changes) or an errno the offline fails with.
+OfflineBehaviour = Union[Literal['ok', 'busy', 'hang', 'stuck'], tuple[Literal['busy'], int], int]
 
 # QEMU's pc machine keeps RAM below 3.5 GiB; beyond that it puts 3 GiB below the PCI hole and
 # the rest from 4 GiB up. Its hotplug region starts after that, aligned to 1 GiB.
@@ -34,7 +37,7 @@ _DMA_END = 16 * MiB
 
 def normalise_offline_behaviour(behaviour: OfflineBehaviour) -> OfflineBehaviour:
     """Check an offline behaviour; ('busy', 0) means no failures left, which is 'ok'."""
-    if behaviour in ('ok', 'busy', 'hang'):
+    if behaviour in ('ok', 'busy', 'hang', 'stuck'):
         return behaviour
     if isinstance(behaviour, tuple) and len(behaviour) == 2 and behaviour[0] == 'busy':
         count = behaviour[1]
@@ -42,7 +45,7 @@ def normalise_offline_behaviour(behaviour: OfflineBehaviour) -> OfflineBehaviour
             return ('busy', count) if count else 'ok'
     if isinstance(behaviour, int) and not isinstance(behaviour, bool) and behaviour > 0:
         return behaviour
-    raise ValueError(f'offline behaviour must be ok, busy, (busy, k), hang or an errno: {behaviour!r}')
+    raise ValueError(f'offline behaviour must be ok, busy, (busy, k), hang, stuck or an errno: {behaviour!r}')
 
 
 def check_group(group: Group | None) -> None:
@@ -50,7 +53,7 @@ def check_group(group: Group | None) -> None:
         return
     if not (isinstance(group, tuple) and len(group) == 2 and group[0] in GROUP_KINDS
             and isinstance(group[1], int) and group[1] >= 0):
-        raise ValueError(f'group must be None, (dimm, n) or (virtio_mem, n): {group!r}')
+        raise ValueError(f'group must be None, (dimm, n), (virtio_mem, n) or (kmem, n): {group!r}')
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,10 @@ class TreeSpec:
     kernel_reserved_bytes: int | None = None
     # ACPI DIMM slots (QEMU -m ...,slots=N): each is a PNP0C80 device, empty or not.
     dimm_slots: int = 0
+    # x86's boot E820 table in /sys/kernel/boot_params (False: a machine without one); entries
+    # beyond e820_table_entries (struct boot_params holds 128) go to a SETUP_E820_EXT node.
+    boot_e820: bool = True
+    e820_table_entries: int = 128
 
     def __post_init__(self) -> None:
         blocks = tuple(sorted(self.blocks, key=lambda block: block.index))
@@ -138,6 +145,8 @@ class TreeSpec:
                 raise ValueError(f'{name} must be >= 0')
         if self.dimm_slots < 0:
             raise ValueError('dimm_slots must be >= 0')
+        if not 0 <= self.e820_table_entries <= 128:
+            raise ValueError('e820_table_entries must be 0 to 128')
 
     @property
     def initial_mem_used_bytes(self) -> int:

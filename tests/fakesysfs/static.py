@@ -42,7 +42,8 @@ def _write_dir(directory: Dir, path: str, root_fd: int, first_copies: dict) -> N
             os.mkdir(child, dir_fd=root_fd)
             _write_dir(node, f'{child}/', root_fd, first_copies)
         elif isinstance(node, File):
-            content = node.read().encode()
+            content = node.read()
+            content = content.encode() if isinstance(content, str) else content
             key = (name, node.mode, content)
             first_copy = first_copies.setdefault(key, child)
             if first_copy != child:

@@ -8,6 +8,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, Union
 
+from vmem_agent.kernel.e820 import SETUP_E820_EXT
+
 from .model import Caller, KernelModel, os_error
 
 _BLOCK_NAME = re.compile(r'memory(0|[1-9][0-9]*)')
@@ -19,7 +21,7 @@ ACPI_DIMM_CONTAINER = 'LNXSYSTM:00/LNXSYBUS:00/PNP0A06:04'
 
 class File(NamedTuple):
     mode: int
-    read: Callable[[], str]
+    read: Callable[[], str | bytes]  # bytes for binary attributes (boot_params)
     write: Callable[[str, Caller], None] | None = None
 
 
@@ -108,13 +110,27 @@ def sysroot(model: KernelModel) -> Dir:
             }),
             'bus': Dir({'acpi': Dir({'devices': Dir({}, acpi_dimm_names, acpi_bus_link)})}),
             'module': Dir({'memory_hotplug': Dir({'parameters': Dir(parameters)})}),
-            'kernel': Dir({'kexec_crash_loaded': File(0o444, lambda: f'{int(model.kexec_crash_loaded)}\n')}),
+            'kernel': Dir({'kexec_crash_loaded': File(0o444, lambda: f'{int(model.kexec_crash_loaded)}\n'),
+                           **_boot_params(model)}),
         }),
         'proc': Dir({
             'meminfo': File(0o444, model.meminfo_text),
             'iomem': File(0o444, model.iomem_text),
         }),
     })
+
+
+def _boot_params(model: KernelModel) -> dict[str, Dir]:
+    """boot_params/data (struct boot_params with the boot E820 table) and, for the entries
+    beyond the table, setup_data/0 of type SETUP_E820_EXT; nothing for a machine without."""
+    if not model.spec.boot_e820:
+        return {}
+    data, extension = model.boot_params_e820()
+    entries: dict[str, Node] = {'data': File(0o444, _constant(data))}
+    if extension:
+        entries['setup_data'] = Dir({'0': Dir({'type': _read_only(f'0x{SETUP_E820_EXT:x}\n'),
+                                               'data': File(0o444, _constant(extension))})})
+    return {'boot_params': Dir(entries)}
 
 
 def _block_dir(model: KernelModel, name: str) -> Dir | None:
@@ -191,7 +207,7 @@ def _nest(path: str, leaf: Dir) -> dict[str, Dir]:
     return {first: Dir(_nest(rest, leaf)) if rest else leaf}
 
 
-def _constant(text: str) -> Callable[[], str]:
+def _constant(text: str | bytes) -> Callable[[], str | bytes]:
     return lambda: text
 
 

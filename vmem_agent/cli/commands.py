@@ -16,7 +16,9 @@ from ..errors import (
     EXIT_BUSY, EXIT_CONFIG, EXIT_DOCTOR_ERRORS, EXIT_DOCTOR_WARNINGS, EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL,
     EXIT_UNSUPPORTED, EXIT_USAGE, UsageError, VmemError,
 )
-from ..limits import KDUMP_MODES, OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S, ZONE_MODES
+from ..limits import (
+    KDUMP_MODES, OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S, SHRINK_BY_BLOCK, SHRINK_BY_DIMM, ZONE_MODES,
+)
 from .params import (
     BLOCKS_OR_SIZE, TARGET_SIZE, CommandType, LockFileType, PercentType, RootType, SecondsType, SizeArgumentCommand,
     SizeType,
@@ -28,7 +30,7 @@ STATUS_QUERY_TIMEOUT_S = 5.0  # the daemon answers status from its loop at once
 DAEMON_RUN_TIMEOUT_S = 3600.0  # a resize through the daemon: its own deadlines end the run long before
 # Options of a direct run that the daemon does not take: it plans and writes with its configuration.
 DAEMON_CONFIGURED_OPTIONS = ("zone", "movable_ratio", "reserve", "min_online", "timeout", "block_timeout",
-                             "lock_wait", "lock_file", "kdump_mode", "kdump_command")
+                             "lock_wait", "lock_file", "kdump_mode", "kdump_command", "per_block")
 
 EXIT_CODES_HELP = f"""\b
 Exit codes:
@@ -244,7 +246,8 @@ def _policy_config(state_params, kw):
     """PolicyConfig from the policy options; unset ratio settings follow the kernel's."""
     from ..engine.settings import policy_config
 
-    return policy_config(kw["zone"], kw["movable_ratio"], kw["reserve"], kw["min_online"], state_params)
+    return policy_config(kw["zone"], kw["movable_ratio"], kw["reserve"], kw["min_online"], state_params,
+                         SHRINK_BY_BLOCK if kw.get("per_block") else SHRINK_BY_DIMM)
 
 
 def _run_options(sysfs, kw, dry_run=False):
@@ -324,21 +327,30 @@ def _ask_daemon(ctx: click.Context, request, timeout: float):
     return client.checked_output(output, paths.control_socket_path(ctx.obj["sysfs_root"]))
 
 
+per_block_option = click.option(
+    "--per-block", is_flag=True, envvar="VMEM_AGENT_PER_BLOCK",
+    help="Shrink block by block (any DIMM or virtio-mem block, Movable first, highest first) instead of in whole "
+         "DIMMs; the host may then be able to unplug nothing.")
+
+
 @main.command(cls=SizeArgumentCommand)
 @click.argument("size", required=False, type=TARGET_SIZE)
 @click.option("--clear", is_flag=True, help="Drop the target: the daemon onlines every hot-added block again.")
 @policy_options
+@per_block_option
 @write_options
 @click.option("--dry-run", is_flag=True, help="Plan and print, write nothing.")
 @click.pass_context
 def resize(ctx: click.Context, size: str | None, clear: bool, dry_run: bool, **kw) -> None:
     """Bring online memory to SIZE (6G, 6GiB, 1.5G, 6442450944) or change it by +SIZE/-SIZE.
 
-    Grows by onlining the lowest offline blocks (zone by the ratio rule), shrinks by
-    offlining hot-plugged Movable blocks first, highest first; never boot memory and
-    never below the reserve. Sizes are binary (G = GiB) and round up to whole blocks.
-    The target is stored: a running daemon holds it (the command then goes through the
-    daemon), and a daemon started later holds it too, also after a reboot.
+    Grows by onlining the lowest offline blocks (zone by the kernel's auto-movable rule),
+    shrinks by offlining whole DIMMs (Movable ones first) so that the host can unplug
+    them; virtio-mem memory is given back by lowering the device's requested-size on the
+    host, not by offlining. Never boot memory or memory of unknown origin, never below
+    the reserve. Sizes are binary (G = GiB) and round up to whole blocks. The target is
+    stored: a running daemon holds it (the command then goes through the daemon), and a
+    daemon started later holds it too, also after a reboot.
     """
     from ..daemon.protocol import Request
 
@@ -388,6 +400,7 @@ def _store_target(sysfs_root: str, target_bytes: int | None) -> bool:
 @main.command(cls=SizeArgumentCommand)
 @click.argument("size", type=TARGET_SIZE)
 @policy_options
+@per_block_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.pass_context
 def plan(ctx: click.Context, size: str, as_json: bool, **kw) -> None:
@@ -402,7 +415,7 @@ def plan(ctx: click.Context, size: str, as_json: bool, **kw) -> None:
         sysfs = _gateway(ctx)
         config = _policy_config(sysfs.kernel_params(), kw)
         state, target, planned = engine.plan_resize(sysfs, size, engine.RunOptions(policy=config))
-        output = report.plan_output(planned, state.block_size, target.note)
+        output = report.plan_output(planned, state.block_size, target.note, state)
     _print_output(ctx, output, as_json)
 
 
@@ -425,13 +438,15 @@ def online(ctx: click.Context, blocks_or_size: str, dry_run: bool, **kw) -> None
 @main.command()
 @click.argument("blocks_or_size", metavar="BLOCKS|SIZE", type=BLOCKS_OR_SIZE)
 @policy_options
+@per_block_option
 @write_options
 @click.option("--dry-run", is_flag=True, help="Plan and print, write nothing.")
 @click.option("--force", is_flag=True,
-              help="Allow named boot blocks, and ignore the reserve and --min-online (the kernel still refuses what it must).")
+              help="Allow named boot blocks and blocks of unknown origin, and ignore the reserve and --min-online "
+                   "(the kernel still refuses what it must).")
 @click.pass_context
 def offline(ctx: click.Context, blocks_or_size: str, dry_run: bool, force: bool, **kw) -> None:
-    """Offline blocks by index (12, 12-20) or an amount of memory (512M: Movable, highest first)."""
+    """Offline blocks by index (12, 12-20) or an amount of memory (512M: whole DIMMs, Movable first)."""
     from ..engine import runner as engine
 
     sysfs = _gateway(ctx)

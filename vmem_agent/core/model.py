@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 ONLINE = "online"
@@ -21,7 +23,15 @@ ZONE_NORMAL = "Normal"
 ORIGIN_BOOT = "boot"  # present at boot, not part of any hot-pluggable device
 ORIGIN_DIMM = "dimm"  # an ACPI memory device (PNP0C80): one pc-dimm, all or nothing
 ORIGIN_VIRTIO_MEM = "virtio-mem"  # driver-managed memory of a virtio-mem device
-ORIGIN_HOTPLUG = "hotplug"  # not in the boot memory map, but no known device claims it
+ORIGIN_KMEM = "kmem"  # dax/kmem: a device-dax range added as System RAM (kmem)
+# Not in the boot memory map, but no known device claims it: origin unknown, so it is
+# never offlined automatically (only when named with --force).
+ORIGIN_HOTPLUG = "hotplug"
+
+# What a DIMM's blocks add up to: an ACPI DIMM can be ejected only when all of it is offline.
+DEVICE_ONLINE = "online"
+DEVICE_PARTLY_OFFLINE = "partly-offline"
+DEVICE_OFFLINE = "offline"
 
 
 class MemoryBlock(NamedTuple):
@@ -64,7 +74,13 @@ class MemoryBlock(NamedTuple):
 
     @property
     def hotplugged(self) -> bool:
+        """Not boot memory: a device's, or of unknown origin."""
         return self.origin != ORIGIN_BOOT
+
+    @property
+    def online_memory(self) -> bool:
+        """Online, or going offline: until the offline finishes the kernel still has the memory."""
+        return self.state == ONLINE or self.state == GOING_OFFLINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +102,18 @@ class MemoryFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryDevice:
+    """A hot-pluggable memory device: the unit that one memory group of blocks belongs to."""
+
+    group: str  # as MemoryBlock.group: acpi:PNP0C80:03, virtio-mem:virtio2, kmem:dax0.0
+    kind: str  # ORIGIN_DIMM, ORIGIN_VIRTIO_MEM or ORIGIN_KMEM
+    name: str  # the kernel's name: ACPI device PNP0C80:03, virtio device virtio2, dax device dax0.0
+    # A DIMM's ACPI _UID ("0x03"); QEMU sets it to the DIMM's slot, which `slot` holds.
+    uid: str | None = None
+    slot: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MemoryState:
     """Everything the agent knows about the kernel's memory blocks at one moment."""
 
@@ -95,6 +123,7 @@ class MemoryState:
     crash_hotplug: bool | None = None
     kexec_crash_loaded: bool | None = None
     params: KernelParams = field(default_factory=KernelParams)
+    devices: tuple[MemoryDevice, ...] = ()
     zones_supported: bool = True
     nodes_supported: bool = True
     warnings: tuple[str, ...] = ()
@@ -107,6 +136,15 @@ class MemoryState:
     def offline_bytes(self) -> int:
         """Everything not online, as lsmem counts it (going-offline included)."""
         return self.block_size * len(self.blocks) - self.online_bytes
+
+    @property
+    def online_memory_bytes(self) -> int:
+        """What targets are measured against: online blocks and those still going offline.
+
+        lsmem (and `online_bytes`) count a going-offline block as offline, but until its
+        offline finishes the kernel still has its memory, and if the offline fails it stays.
+        """
+        return self.block_size * sum(1 for b in self.blocks if b.state == ONLINE or b.state == GOING_OFFLINE)
 
     def online_bytes_by_zone(self) -> dict[str, int]:
         counts = Counter(b.zone or "unknown" for b in self.blocks if b.state == ONLINE)
@@ -121,6 +159,86 @@ class MemoryState:
             if candidate.index == index:
                 return candidate
         return None
+
+    def device(self, group: str) -> MemoryDevice:
+        """The device of a memory group; one named after the group when the snapshot has none."""
+        for device in self.devices:
+            if device.group == group:
+                return device
+        kind, _, name = group.partition(":")
+        return MemoryDevice(group, _KIND_OF_GROUP_PREFIX.get(kind, kind), name or group)
+
+
+_KIND_OF_GROUP_PREFIX = {"acpi": ORIGIN_DIMM, "virtio-mem": ORIGIN_VIRTIO_MEM, "kmem": ORIGIN_KMEM}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """One device's blocks as a snapshot (or a plan) leaves them: what a host-side tool needs to unplug it."""
+
+    device: MemoryDevice
+    first_block: int
+    last_block: int
+    start: int
+    end: int  # inclusive
+    present_bytes: int
+    online_bytes: int  # going-offline blocks included: their memory is still online
+    state: str  # DEVICE_ONLINE, DEVICE_PARTLY_OFFLINE or DEVICE_OFFLINE
+
+    @property
+    def offline_bytes(self) -> int:
+        return self.present_bytes - self.online_bytes
+
+    @property
+    def ready_to_eject(self) -> bool:
+        """A DIMM whose every block is offline: the host's unplug (ACPI eject) can take it at once."""
+        return self.device.kind == ORIGIN_DIMM and self.state == DEVICE_OFFLINE
+
+    def to_json(self) -> dict:
+        """What a host-side tool needs to unplug the device (status and run results alike)."""
+        device = self.device
+        return {
+            "group": device.group, "kind": device.kind, "name": device.name, "uid": device.uid, "slot": device.slot,
+            "start": self.start, "end": self.end, "size": self.present_bytes,
+            "first_block": self.first_block, "last_block": self.last_block,
+            "online_bytes": self.online_bytes, "offline_bytes": self.offline_bytes,
+            "state": self.state, "ready_to_eject": self.ready_to_eject,
+        }
+
+
+def device_states(state: MemoryState, planned: dict[int, str] | None = None) -> list[DeviceState]:
+    """Every device with present blocks, in address order; `planned` overrides block states (a plan's effect).
+
+    Blocks are grouped and their states counted run by run in C (groupby, Counter):
+    status builds this for tens of thousands of blocks.
+    """
+    spans: dict[str, list] = {}  # group -> [first block, last block, present, online]
+    for group, run in groupby(state.blocks, key=_GROUP):
+        if group is None:
+            continue
+        blocks = list(run)
+        if planned:
+            states = Counter(planned.get(block.index, block.state) for block in blocks)
+        else:
+            states = Counter(map(_STATE, blocks))
+        online = states[ONLINE] + states[GOING_OFFLINE]
+        span = spans.get(group)
+        if span is None:
+            spans[group] = [blocks[0], blocks[-1], len(blocks), online]
+        else:
+            span[1] = blocks[-1]
+            span[2] += len(blocks)
+            span[3] += online
+    result = []
+    for group, (first, last, present, online) in spans.items():
+        kind = DEVICE_ONLINE if online == present else (DEVICE_OFFLINE if not online else DEVICE_PARTLY_OFFLINE)
+        result.append(DeviceState(state.device(group), first.index, last.index, first.start, last.end,
+                                  present * state.block_size, online * state.block_size, kind))
+    return sorted(result, key=lambda device: device.start)
+
+
+_GROUP = itemgetter(9)  # MemoryBlock.group
+_STATE = itemgetter(3)  # MemoryBlock.state
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,10 @@ from typing import Any, Callable
 from ..core.inputs import check_command, seconds_problem, shown, split_command
 from ..core.sizes import format_size, parse_size
 from ..errors import ConfigError, UsageError
+from ..limits import (
+    KDUMP_MODES, MAX_MOVABLE_RATIO, MAX_SECONDS, OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S, SHRINK_UNITS, ZONE_MODES,
+)
 from ..paths import read_regular_file
-from ..limits import KDUMP_MODES, MAX_MOVABLE_RATIO, MAX_SECONDS, OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S, ZONE_MODES
 
 CONFIG_MAX_BYTES = 1 << 20
 RECONCILE_INTERVAL_S = 60.0
@@ -36,6 +38,7 @@ class DaemonConfig:
     movable_ratio: int | None = None  # None: the kernel's auto_movable_ratio, else 301
     reserve_bytes: int | None = None  # None: max(256M, 5% of MemTotal)
     min_online_bytes: int = 0
+    shrink_unit: str = "dimm"
     block_timeout: float = OFFLINE_BLOCK_TIMEOUT_S
     timeout: float = RESIZE_TIMEOUT_S
     reconcile_interval: float = RECONCILE_INTERVAL_S
@@ -127,6 +130,9 @@ KEYS: tuple[Key, ...] = (
     Key("reserve", "reserve_bytes", _size, '"256M"',
         "MemAvailable that must remain after offlining. Unset: max(256M, 5% of MemTotal)."),
     Key("min_online", "min_online_bytes", _size, '"0"', "Never offline below this much online memory."),
+    Key("shrink_unit", "shrink_unit", _choice(SHRINK_UNITS), '"dimm"',
+        "dimm: shrink in whole DIMMs, what the host can eject (Movable DIMMs first); block: block by block, "
+        "as before (the host may then be able to unplug nothing)."),
     Key("block_timeout", "block_timeout", _seconds(0.1), f"{OFFLINE_BLOCK_TIMEOUT_S:g}",
         "Seconds before an offline write that has not finished is interrupted."),
     Key("timeout", "timeout", _seconds(0.1), f"{RESIZE_TIMEOUT_S:g}", "Seconds one run (grow or shrink) may take in all."),

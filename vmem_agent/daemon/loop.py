@@ -28,7 +28,7 @@ from collections import deque
 from typing import Callable
 
 from .. import paths
-from ..core.model import OFFLINE, ONLINE, MemoryState, format_block_list
+from ..core.model import OFFLINE, ONLINE, ORIGIN_VIRTIO_MEM, MemoryState, format_block_list
 from ..core.onlining import kernel_onlining_plan, movable_ratio_for, onliner_description
 from ..core.sizes import format_size, parse_size, resolve_target
 from ..errors import EXIT_BUSY, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, VmemError
@@ -433,10 +433,14 @@ class Daemon:
             if self.target is None:
                 indexes = self._blocks_to_online(state)
                 if indexes:
-                    job = _online_task(self.sysfs, self.config, indexes)
+                    job = _online_task(self.sysfs, self.config, indexes, state)
+            elif indexes := self._blocks_to_online(state, virtio_mem_only=True):
+                # The host sizes virtio-mem memory: kept offline it gives the host nothing back
+                # and stalls the driver's next plug. Online it, and meet the target with the rest.
+                job = _online_task(self.sysfs, self.config, indexes, state)
             elif self._target_reachable(state):
                 reachable = min(self.target, state.block_size * len(state.blocks))  # memory may have been unplugged
-                job = _resize_task(self.sysfs, self.config, str(reachable))
+                job = _resize_task(self.sysfs, self.config, str(reachable), state)
         if job is not None:
             self._start_job("hold", job, None)
             return
@@ -456,9 +460,10 @@ class Daemon:
         self.failed &= present
         self.picture = {block.index: block.state for block in state.blocks}
 
-    def _blocks_to_online(self, state: MemoryState) -> list[int]:
+    def _blocks_to_online(self, state: MemoryState, virtio_mem_only: bool = False) -> list[int]:
         skip = self.left_offline | self.failed
-        return [block.index for block in state.blocks if block.state == OFFLINE and block.index not in skip]
+        return [block.index for block in state.blocks if block.state == OFFLINE and block.index not in skip
+                and (not virtio_mem_only or block.origin == ORIGIN_VIRTIO_MEM)]
 
     def _target_reachable(self, state: MemoryState) -> bool:
         present = state.block_size * len(state.blocks)
@@ -637,7 +642,10 @@ class Daemon:
 
 
 def _run_task(sysfs: Sysfs, config: DaemonConfig, run: Callable, dry_run: bool = False) -> Callable[[], dict]:
-    """A task that calls `run(runner, options)` in the child and returns its output and result."""
+    """A task that calls `run(runner, options)` in the child and returns its output and result.
+
+    A run the daemon decides on is given the snapshot it decided from (`state=`): the child
+    is forked moments after it, and on a big guest a scan is the run's largest cost."""
 
     def task() -> dict:
         from ..cli import report
@@ -650,17 +658,19 @@ def _run_task(sysfs: Sysfs, config: DaemonConfig, run: Callable, dry_run: bool =
     return task
 
 
-def _resize_task(sysfs: Sysfs, config: DaemonConfig, size_text: str) -> Callable[[], dict]:
-    return _run_task(sysfs, config, lambda runner, options: runner.resize(sysfs, size_text, options))
+def _resize_task(sysfs: Sysfs, config: DaemonConfig, size_text: str, state: MemoryState | None = None) -> Callable[[], dict]:
+    return _run_task(sysfs, config, lambda runner, options: runner.resize(sysfs, size_text, options, state=state))
 
 
 def _dry_run_task(sysfs: Sysfs, config: DaemonConfig, size_text: str) -> Callable[[], dict]:
     return _run_task(sysfs, config, lambda runner, options: runner.resize(sysfs, size_text, options), dry_run=True)
 
 
-def _online_task(sysfs: Sysfs, config: DaemonConfig, indexes: list[int]) -> Callable[[], dict]:
+def _online_task(sysfs: Sysfs, config: DaemonConfig, indexes: list[int], state: MemoryState | None = None,
+                 ) -> Callable[[], dict]:
     blocks = format_block_list(indexes)
-    return _run_task(sysfs, config, lambda runner, options: runner.change_blocks(sysfs, "online", blocks, options))
+    return _run_task(sysfs, config,
+                     lambda runner, options: runner.change_blocks(sysfs, "online", blocks, options, state=state))
 
 
 def _plan_task(sysfs: Sysfs, config: DaemonConfig, size_text: str) -> Callable[[], dict]:
@@ -671,7 +681,7 @@ def _plan_task(sysfs: Sysfs, config: DaemonConfig, size_text: str) -> Callable[[
 
         options = daemon_run_options(config, sysfs.kernel_params())
         state, target, plan = runner.plan_resize(sysfs, size_text, options)
-        return report.plan_output(plan, state.block_size, target.note)
+        return report.plan_output(plan, state.block_size, target.note, state)
 
     return task
 

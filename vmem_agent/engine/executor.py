@@ -3,7 +3,9 @@
 Offlining can block forever in the kernel (it retries page migration until a signal
 arrives), so every offline write runs in a forked child that is signalled at its
 deadline; the agent itself never blocks in the kernel. A block that stays busy after
-its retries is given up and the planner picks another candidate.
+its retries is given up and the planner picks another candidate. A writer that does not
+exit even after SIGKILL is reported with its pid: it holds the kernel's device hotplug
+lock, so the run must stop writing (engine.runner).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Callable
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from ..core.model import DeviceState
+from ..core.policy import Note, Reason
 from ..errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, BlockBusyError, OfflineTimeoutError, SysfsError
 from .kdump import KdumpOutcome
 from ..kernel.offline_child import offline_block
@@ -48,7 +52,11 @@ class BlockResult:
     seconds: float = 0.0
     errno: int | None = None
     message: str = ""
-    zone: str | None = None  # zone after a successful online
+    zone: str | None = None  # zone after a successful online, from the run's final snapshot
+    reason: Reason | None = None  # why the plan wrote this block
+    unit: str | None = None  # the DIMM this write empties (or rolls back), when shrinking by DIMM
+    rollback: bool = False  # an online that undoes this run's offline of a DIMM that could not be emptied
+    stuck_pid: int | None = None  # a writer that did not exit after SIGKILL (stuck in the kernel)
 
     @property
     def changed(self) -> bool:
@@ -66,22 +74,36 @@ class BlockResult:
             "errno": errno.errorcode.get(self.errno) if self.errno else None,
             "message": self.message,
             "zone": self.zone,
+            "reason": {"code": self.reason.code, **self.reason.facts_dict()} if self.reason else None,
+            "unit": self.unit,
+            "rollback": self.rollback,
+            "stuck_pid": self.stuck_pid,
         }
 
 
 @dataclass
 class RunResult:
-    """The outcome of a resize/online/offline run."""
+    """The outcome of a resize/online/offline run.
+
+    `to_json()` is complete: cli.report renders a run from it alone (a daemon sends it
+    over its socket, and its client prints it exactly as a direct run would).
+    """
 
     target_bytes: int | None
     initial_online_bytes: int
     final_online_bytes: int = 0
     blocks: list[BlockResult] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     kdump: KdumpOutcome | None = None
     reached: bool = False
     dry_run: bool = False
     planned_shortfall_bytes: int = 0  # what the last plan could not cover (floor, ratio, candidates)
+    devices: list[DeviceState] = field(default_factory=list)  # after the run (a dry run: as planned)
+    stuck_writer: tuple[int, int] | None = None  # (block, pid): a writer the kernel would not let go
+
+    def add_note(self, note: Note) -> None:
+        if note not in self.notes:
+            self.notes.append(note)
 
     @property
     def changed(self) -> bool:
@@ -104,8 +126,11 @@ class RunResult:
             "shortfall_bytes": max(0, gap),
             "excess_bytes": max(0, -gap),
             "blocks": [result.to_json() for result in self.blocks],
-            "notes": list(self.notes),
+            "notes": [note.to_json() for note in self.notes],
             "kdump": self.kdump.to_json() if self.kdump else None,
+            "devices": [device.to_json() for device in self.devices],
+            "stuck_writer": {"block": self.stuck_writer[0], "pid": self.stuck_writer[1]} if self.stuck_writer else None,
+            "changed": self.changed,
             "exit_code": self.exit_code,
         }
 
@@ -131,7 +156,8 @@ class BlockWriter:
         self.block_timeout = block_timeout
         self.busy_attempts = busy_attempts
 
-    def apply(self, index: int, start: int, end: int, operation: str, deadline: Deadline) -> BlockResult:
+    def apply(self, index: int, start: int, end: int, operation: str, deadline: Deadline, **context) -> BlockResult:
+        """Write `operation` to one block; `context` (reason, unit, rollback) is carried into the result."""
         began = time.monotonic()
         attempts = 0
 
@@ -148,30 +174,23 @@ class BlockWriter:
             retry=retry_if_exception_type(BlockBusyError),
             reraise=True,
         )
-        base = dict(index=index, start=start, end=end, operation=operation)
+        base = dict(index=index, start=start, end=end, operation=operation, **context)
         try:
             outcome = retrying(attempt)
         except OfflineTimeoutError as timeout:
             message = f"not done within {timeout.timeout:g}s, interrupted"
             if timeout.writer_stuck_pid is not None:
-                message += f" (writer pid {timeout.writer_stuck_pid} is still stuck in the kernel)"
+                message += f"; writer pid {timeout.writer_stuck_pid} did not exit after SIGKILL"
             return BlockResult(**base, outcome=TIMED_OUT, attempts=attempts, seconds=time.monotonic() - began,
-                               errno=timeout.errno, message=message)
+                               errno=timeout.errno, message=message, stuck_pid=timeout.writer_stuck_pid)
         except SysfsError as exc:
             message = f"{os.strerror(exc.errno)} ({exc.errno_name})"
+            plain_action = f"write {operation!r}"
+            if exc.action.startswith(plain_action + " ("):  # the gateway says why (e.g. online in another zone)
+                message += exc.action[len(plain_action):]
             if isinstance(exc, BlockBusyError):
                 message += f", gave up after {attempts} attempts"
             return BlockResult(**base, outcome=FAILED, attempts=attempts, seconds=time.monotonic() - began,
                                errno=exc.errno, message=message)
-        zone = None
-        if operation != "offline":
-            zone = self._zone_of(index)
         return BlockResult(**base, outcome=DONE if outcome == "changed" else ALREADY, attempts=attempts,
-                           seconds=time.monotonic() - began, zone=zone)
-
-    def _zone_of(self, index: int) -> str | None:
-        try:
-            zones = self.sysfs.read_zones(index)
-        except SysfsError:
-            return None
-        return zones[0] if zones else None
+                           seconds=time.monotonic() - began)

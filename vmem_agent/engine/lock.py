@@ -17,6 +17,7 @@ import time
 from ..errors import LockBusyError, VmemError
 
 LOCK_POLL_INTERVAL_S = 0.1
+HOLDER_TEXT_LIMIT = 256  # the lock file holds "PID" or "PID what it is"
 
 
 class WriterLock:
@@ -62,13 +63,30 @@ class WriterLock:
         self._fd = fd
         return self
 
+    def name_holder(self, pid: int, what: str) -> None:
+        """Record that process `pid` holds the lock too (an offline writer stuck in the kernel).
+
+        Forked writers share the lock's open file, so a writer that outlives the agent
+        keeps the lock held; a later run's busy message must name it, not its dead parent.
+        """
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{pid} {what}\n".encode(), 0)
+        except OSError:
+            pass
+
     @staticmethod
     def _holder(fd: int) -> str:
         try:
-            text = os.pread(fd, 32, 0).decode().strip()
+            text = os.pread(fd, HOLDER_TEXT_LIMIT, 0).decode(errors="replace").strip()
         except OSError:
             return ""
-        return f" (pid {text})" if text.isdigit() else ""
+        pid, _, what = text.partition(" ")
+        if not pid.isdigit():
+            return ""
+        return f" (pid {pid}: {what})" if what else f" (pid {pid})"
 
     def __exit__(self, *exc_info) -> None:
         if self._fd is not None:

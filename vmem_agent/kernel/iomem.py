@@ -1,9 +1,10 @@
-"""Pure parsing of /proc/iomem: which physical ranges belong to a virtio-mem device.
+"""Pure parsing of /proc/iomem: which physical ranges a memory driver manages.
 
-virtio-mem adds its memory as driver-managed resources named "System RAM (virtio_mem)"
-below a parent resource named after the device (e.g. "virtio5"); boot RAM and ACPI
-DIMMs are plain "System RAM". That name is the kernel's own statement of who owns a
-range, so it tells hot-plugged virtio-mem memory apart from boot memory.
+Drivers that add memory themselves name its resources after themselves: virtio-mem adds
+"System RAM (virtio_mem)" below a parent named after the device (e.g. "virtio5"), dax/kmem
+"System RAM (kmem)" below the dax device (e.g. "dax0.0"); boot RAM and ACPI DIMMs are plain
+"System RAM". That name is the kernel's own statement of who owns a range, so it tells
+driver-managed memory apart from boot memory.
 """
 
 from __future__ import annotations
@@ -12,10 +13,16 @@ import re
 from dataclasses import dataclass
 
 from ..core.inputs import shown
+from ..core.model import ORIGIN_KMEM, ORIGIN_VIRTIO_MEM
 from ..errors import TreeContentError
 
 VIRTIO_MEM_RESOURCE = "System RAM (virtio_mem)"
 _LINE = re.compile(r"(?P<indent> *)(?P<start>[0-9a-f]{1,16})-(?P<end>[0-9a-f]{1,16}) : (?P<name>.*)", re.ASCII)
+# resource name -> (origin, group prefix)
+DRIVER_RESOURCES = {
+    VIRTIO_MEM_RESOURCE: (ORIGIN_VIRTIO_MEM, "virtio-mem"),
+    "System RAM (kmem)": (ORIGIN_KMEM, "kmem"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +59,12 @@ def parse_iomem(text: str, path: str = "/proc/iomem") -> list[IomemResource]:
     return resources
 
 
-def virtio_mem_regions(resources: list[IomemResource]) -> list[tuple[int, int, str]]:
-    """(start, end, group) for every virtio-mem range; group names the owning device."""
-    return [
-        (r.start, r.end, f"virtio-mem:{r.parent or 'unknown'}")
-        for r in resources
-        if r.name == VIRTIO_MEM_RESOURCE
-    ]
+def driver_regions(resources: list[IomemResource]) -> list[tuple[int, int, str, str]]:
+    """(start, end, origin, group) of every driver-managed range; group names the owning device."""
+    regions = []
+    for resource in resources:
+        kind = DRIVER_RESOURCES.get(resource.name)
+        if kind is not None:
+            origin, prefix = kind
+            regions.append((resource.start, resource.end, origin, f"{prefix}:{resource.parent or 'unknown'}"))
+    return regions

@@ -40,6 +40,25 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _detach_from_output() -> None:
+    """In an offline writer: let go of the agent's stdin, stdout and stderr.
+
+    A writer stuck in the kernel can outlive the agent by hours; holding the agent's
+    output pipes it would keep `$(vmem-agent ...)`, a journal stream or a test waiting
+    for end of file. It reports through its own pipe only.
+    """
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    for fd in (0, 1, 2):
+        try:
+            os.dup2(null, fd)
+        except OSError:
+            pass
+    os.close(null)
+
+
 class OfflineChild:
     """A running offline write of one block; `fd` becomes readable when it is done."""
 
@@ -52,6 +71,7 @@ class OfflineChild:
         if pid == 0:  # child: only the write and a one-line report, no Python cleanup
             try:
                 os.close(read_end)
+                _detach_from_output()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 die_with_parent(parent)

@@ -3,18 +3,22 @@
 The hot loop makes two reads per block (`state`, `valid_zones`) with descriptor-relative
 opens; nodes come from one listing per node directory, DIMM membership from the ACPI
 devices' links, and the origin of each block is decided inside the scan (core.origins).
+
+/sys/firmware/memmap is not read: it lists hot-added DIMMs as System RAM too (a
+cold-plugged DIMM even comes first), so it adds nothing to the boot E820 table and the
+ACPI links, which together already tell boot memory from DIMMs.
 """
 
 from __future__ import annotations
 
-from ..core.model import MemoryBlock, MemoryState
+from ..core.model import ORIGIN_DIMM, MemoryBlock, MemoryDevice, MemoryState
 from ..core.origins import BOOT_ORIGIN, origin_classifier
-from ..errors import BlockVanishedError, TreeContentError, UnsupportedSystemError
-from .e820 import boot_ram_ranges
-from .iomem import parse_iomem, virtio_mem_regions
+from ..errors import BlockVanishedError, SysfsError, TreeContentError, UnsupportedSystemError
+from .e820 import SETUP_E820_EXT, boot_ram_ranges, extension_ram_ranges, parse_setup_data_type
+from .iomem import driver_regions, parse_iomem
 from .sysfs import (
-    ACPI_DEVICES_DIR, BOOT_PARAMS, MEMORY_DIR, NODE_DIR, PROC_FILE_LIMIT, PROC_IOMEM, ULONG_MAX, Sysfs, checked_flag,
-    checked_number, checked_state, checked_zones, numbered,
+    ACPI_DEVICES_DIR, BOOT_PARAMS, BOOT_SETUP_DATA, MEMORY_DIR, NODE_DIR, PROC_FILE_LIMIT, PROC_IOMEM, ULONG_MAX, Sysfs,
+    checked_flag, checked_number, checked_state, checked_zones, numbered, parse_int,
 )
 
 ACPI_MEMORY_DEVICE_PREFIX = "PNP0C80:"  # the ACPI memory device: one DIMM
@@ -30,9 +34,10 @@ def read_snapshot(sysfs: Sysfs, legacy: bool = False) -> MemoryState:
     indexes = sysfs.block_indexes()
     warnings: list[str] = []
     nodes_by_block, only_node = _node_map(sysfs)
-    classify = origin_classifier(
-        _boot_ram_ranges(sysfs), _acpi_memory_devices(sysfs), _virtio_mem_regions(sysfs, warnings), block_size
-    )
+    dimm_groups, devices = _acpi_memory_devices(sysfs)
+    regions = _driver_regions(sysfs, warnings)
+    devices.extend(MemoryDevice(group, origin, group.partition(":")[2]) for _, _, origin, group in regions)
+    classify = origin_classifier(_boot_ram_ranges(sysfs), dimm_groups, regions, block_size)
     dir_fd = sysfs.open_dir(MEMORY_DIR)
     try:
         present = _optional_attributes(sysfs, dir_fd, indexes, legacy, warnings)
@@ -48,6 +53,7 @@ def read_snapshot(sysfs: Sysfs, legacy: bool = False) -> MemoryState:
         crash_hotplug=sysfs.crash_hotplug(),
         kexec_crash_loaded=sysfs.kexec_crash_loaded(),
         params=sysfs.kernel_params(),
+        devices=tuple(dict.fromkeys(devices)),
         zones_supported="valid_zones" in present,
         nodes_supported=bool(nodes_by_block) or only_node is not None or "node" in present,
         warnings=tuple(warnings),
@@ -162,8 +168,8 @@ def _linked_block(sysfs: Sysfs, dir_fd: int, link: str) -> int | None:
     return None if target is None else numbered(target[target.rfind("/") + 1 :], "memory")
 
 
-def _acpi_memory_devices(sysfs: Sysfs) -> dict[int, str]:
-    """Block -> ACPI memory device (one DIMM), from the devices' physical_node links.
+def _acpi_memory_devices(sysfs: Sysfs) -> tuple[dict[int, str], list[MemoryDevice]]:
+    """Block -> ACPI memory device (one DIMM), from the devices' physical_node links; the devices with blocks.
 
     The kernel binds a device's blocks in ascending order, numbering the links
     physical_node, physical_node1, ... So when the first and the last link span
@@ -172,8 +178,9 @@ def _acpi_memory_devices(sysfs: Sysfs) -> dict[int, str]:
     """
     names = sysfs.listdir_optional(ACPI_DEVICES_DIR)
     if names is None:
-        return {}
+        return {}, []
     groups: dict[int, str] = {}
+    devices: list[MemoryDevice] = []
     for device in (name for name in names if name.startswith(ACPI_MEMORY_DEVICE_PREFIX)):
         device_fd = sysfs.open_dir_optional(f"{ACPI_DEVICES_DIR}/{device}")
         if device_fd is None:
@@ -190,26 +197,51 @@ def _acpi_memory_devices(sysfs: Sysfs) -> dict[int, str]:
                 members = range(first, last + 1)
             else:
                 members = [block for _, name in links if (block := _linked_block(sysfs, device_fd, name)) is not None]
+            uid = _uid(sysfs, device_fd) if members else None
         finally:
             sysfs.close(device_fd)
         group = f"acpi:{device}"
         for block in members:
             groups[block] = group
-    return groups
+        if members:
+            devices.append(MemoryDevice(group, ORIGIN_DIMM, device, uid, parse_int(uid, 0) if uid else None))
+    return groups, devices
+
+
+def _uid(sysfs: Sysfs, device_fd: int) -> str | None:
+    """An ACPI device's _UID; QEMU's DIMM slots have "0x03" there, the slot number."""
+    try:
+        return sysfs.read_at(device_fd, "uid").decode("ascii", "replace").strip() or None
+    except SysfsError:
+        return None
 
 
 def _boot_ram_ranges(sysfs: Sysfs) -> list[tuple[int, int]]:
-    """RAM of the boot E820 table (x86; empty elsewhere or when unreadable)."""
+    """RAM of the boot E820 table and its SETUP_E820_EXT continuation (x86; empty elsewhere or when unreadable)."""
     data = sysfs.read_bytes_optional(BOOT_PARAMS, limit=PROC_FILE_LIMIT)
-    return boot_ram_ranges(data) if data else []
+    ranges = boot_ram_ranges(data) if data else []
+    if not ranges:
+        return []
+    for name in sysfs.listdir_optional(BOOT_SETUP_DATA) or ():
+        if not (name.isdecimal() and name.isascii()):
+            continue
+        kind = sysfs.read_optional(f"{BOOT_SETUP_DATA}/{name}/type")
+        if kind is None or parse_setup_data_type(kind) != SETUP_E820_EXT:
+            continue
+        extension = sysfs.read_bytes_optional(f"{BOOT_SETUP_DATA}/{name}/data", limit=PROC_FILE_LIMIT)
+        ranges.extend(extension_ram_ranges(extension or b""))
+    return sorted(ranges)
 
 
-def _virtio_mem_regions(sysfs: Sysfs, warnings: list[str]) -> list[tuple[int, int, str]]:
+def _driver_regions(sysfs: Sysfs, warnings: list[str]) -> list[tuple[int, int, str, str]]:
+    """virtio-mem and dax/kmem ranges of /proc/iomem."""
     text = sysfs.read_optional(PROC_IOMEM, limit=PROC_FILE_LIMIT)
     if text is None:
         return []
     resources = parse_iomem(text, sysfs.path(PROC_IOMEM))
     if resources and all(r.start == 0 and r.end == 0 for r in resources):
-        warnings.append(f"{sysfs.path(PROC_IOMEM)} shows no addresses (not root?): virtio-mem memory not identified")
+        warnings.append(
+            f"{sysfs.path(PROC_IOMEM)} shows no addresses (not root?): virtio-mem and kmem memory not identified"
+        )
         return []
-    return virtio_mem_regions(resources)
+    return driver_regions(resources)

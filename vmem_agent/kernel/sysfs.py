@@ -15,7 +15,7 @@ import os
 import re
 
 from ..core.inputs import shown
-from ..core.model import GOING_OFFLINE, OFFLINE, ONLINE, KernelParams, MemoryFigures
+from ..core.model import GOING_OFFLINE, OFFLINE, ONLINE, ZONE_MOVABLE, KernelParams, MemoryFigures
 from ..errors import SysfsError, TreeContentError, UnsupportedSystemError, sysfs_error
 from .meminfo import memory_figures
 
@@ -31,6 +31,7 @@ PROGRAM_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin"
 PROC_IOMEM = "proc/iomem"
 PROC_MEMINFO = "proc/meminfo"
 BOOT_PARAMS = "sys/kernel/boot_params/data"
+BOOT_SETUP_DATA = "sys/kernel/boot_params/setup_data"
 ACPI_DEVICES_DIR = "sys/bus/acpi/devices"
 
 BLOCK_STATES_WRITABLE = ("online", "online_kernel", "online_movable", "offline")
@@ -375,22 +376,36 @@ class Sysfs:
         """Write `value` to memoryN/state; CHANGED, or ALREADY when the kernel says it is a no-op.
 
         The kernel answers EINVAL when the block is already in the requested state; a
-        re-read of `state` tells that apart from a real EINVAL.
+        re-read of `state` (and, for online_movable/online_kernel, of its zone) tells that
+        apart from a real EINVAL. A block online in Normal is not "already" online_movable:
+        that EINVAL is raised, naming the zone the block is in.
         """
         if value not in BLOCK_STATES_WRITABLE:
             raise ValueError(f"not a block state to write: {value!r}")
         try:
             self.write_text(f"{MEMORY_DIR}/memory{index}/state", value, block=index)
         except SysfsError as exc:
-            if exc.errno == errno.EINVAL and self._already_in(index, value):
-                return ALREADY
+            if exc.errno == errno.EINVAL:
+                already, zone = self._already_in(index, value)
+                if already:
+                    return ALREADY
+                if zone is not None:
+                    exc.action = f"write {value!r} (the block is already online, in zone {zone})"
             raise
         return CHANGED
 
-    def _already_in(self, index: int, value: str) -> bool:
+    def _already_in(self, index: int, value: str) -> tuple[bool, str | None]:
+        """Whether the block is in the state `value` asks for; the zone of a block that is online otherwise."""
         try:
             state = self.read_state(index)
+            if value == "offline" or state != ONLINE:
+                return state == (OFFLINE if value == "offline" else ONLINE), None
+            zones = self.read_zones(index) if value != "online" else ()
         except SysfsError:
-            return False
-        wanted = OFFLINE if value == "offline" else ONLINE
-        return state == wanted
+            return False, None
+        zone = zones[0] if zones else None
+        if value == "online_movable":
+            return zone == ZONE_MOVABLE, zone
+        if value == "online_kernel":
+            return zone is not None and zone != ZONE_MOVABLE, zone
+        return True, None
