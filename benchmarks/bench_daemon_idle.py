@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.daemon_harness import DaemonProcess  # noqa: E402
 from tests.fakesysfs import FakeKernel, TreeSpec  # noqa: E402
+from tests.helpers import agent_command  # noqa: E402
 
 MIB = 1 << 20
 
@@ -46,13 +48,26 @@ def main() -> int:
                              "mounts of other jobs, ...) reaches every namespace and wakes it")
     args = parser.parse_args()
 
+    # Byte-code as an installed package has it (a checkout run with PYTHONDONTWRITEBYTECODE
+    # compiles every module at each start, and the compiler's memory stays in the process).
+    cache = tempfile.mkdtemp(prefix="vmem-bench-pycache-")
+    bytecode = {"PYTHONPYCACHEPREFIX": cache}
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    # With a prefix every module's bytecode lives there (the stdlib's too): an import of all the
+    # daemon uses fills it, as an installed package's byte-compiled files are there from the start.
+    warm = "import vmem_agent.cli.commands, vmem_agent.daemon.main, vmem_agent.daemon.loop, pyudev"
+    subprocess.run([sys.executable, "-c", warm], check=True, env={**environment, **bytecode})
+    subprocess.run([*agent_command(), "daemon", "--check-config", "--config", "/dev/null"], check=True,
+                   stdout=subprocess.DEVNULL, env={**environment, **bytecode})
     with FakeKernel(TreeSpec.vm(boot_gib=2, dimm_gib=(1, 1))) as kernel:
         daemon = DaemonProcess(kernel, f'kdump = "never"\nreconcile_interval = {args.reconcile_interval}\n'
-                                       f'event_source = "{args.event_source}"\n')
+                                       f'event_source = "{args.event_source}"\n', env=bytecode)
+        daemon.env.pop("PYTHONDONTWRITEBYTECODE", None)
         peers = {}
         try:
             daemon.start()
-            peers["python sleeping"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(10**6)"])
+            peers["python sleeping"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(10**6)"],
+                                                        env={**environment, **bytecode})
             if shutil.which("udevadm"):
                 peers["udevadm monitor"] = subprocess.Popen(
                     ["unshare", "--net", "udevadm", "monitor", "--kernel", "--subsystem-match=memory"],
@@ -84,6 +99,7 @@ def main() -> int:
                 proc.kill()
                 proc.wait()
             daemon.close()
+            shutil.rmtree(cache, ignore_errors=True)
     return 0
 
 

@@ -282,8 +282,9 @@ class Daemon:
 
     def _handle_signals(self) -> None:
         pending, self.pending_signals = self.pending_signals, set()
-        if pending & {signal.SIGTERM, signal.SIGINT}:
-            log.info("stopping on %s", " and ".join(signal.Signals(s).name for s in sorted(pending - {signal.SIGHUP, signal.SIGCHLD})))
+        stop = pending & {signal.SIGTERM, signal.SIGINT}
+        if stop:
+            log.info("stopping on %s", " and ".join(signal.Signals(signum).name for signum in sorted(stop)))
             self.stopping = True
             return
         if signal.SIGCHLD in pending:
