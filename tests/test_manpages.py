@@ -10,6 +10,7 @@ on either side that the other does not follow fails here, with the difference in
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import signal
@@ -138,29 +139,42 @@ def program_context() -> click.Context:
     return click.Context(main, info_name=PROGRAM, **main.context_settings)
 
 
+def command_context(name: str) -> click.Context:
+    if not name:
+        return program_context()
+    return click.Context(main.commands[name], info_name=name, parent=program_context())
+
+
 def command_params(name: str) -> list[click.Parameter]:
     """The parameters `vmem-agent [NAME] --help` shows, help option included."""
-    if not name:
-        return main.get_params(program_context())
-    command = main.commands[name]
-    return command.get_params(click.Context(command, info_name=name, parent=program_context()))
+    context = command_context(name)
+    return context.command.get_params(context)
 
 
-def option_argument(option: click.Option) -> str | None:
-    """What --help shows after the option: its metavar, the choices, or None for a flag."""
+def shown_metavar(param: click.Parameter, context: click.Context) -> str:
+    """The metavar exactly as --help prints it, without the brackets click puts around
+    choices and optional arguments. (click 8.2 passes the context; Debian 12 has 8.1.)"""
+    if "ctx" in inspect.signature(param.make_metavar).parameters:
+        shown = param.make_metavar(context)
+    else:
+        shown = param.make_metavar()
+    return shown.strip("[]{}")
+
+
+def option_argument(option: click.Option, context: click.Context) -> str | None:
+    """What --help shows after the option: its metavar or its choices; None for a flag."""
     if option.is_flag or option.count:
         return None
-    if isinstance(option.type, click.Choice):
-        return "|".join(option.type.choices)
-    return option.metavar or option.type.name.upper()
+    return shown_metavar(option, context)
 
 
 def click_synopsis(name: str, with_help: bool) -> Synopsis:
+    context = command_context(name)
     params = command_params(name)
-    options = {frozenset(p.opts + p.secondary_opts): option_argument(p)
+    options = {frozenset(p.opts + p.secondary_opts): option_argument(p, context)
                for p in params if isinstance(p, click.Option)
                if with_help or set(p.opts) != set(main.context_settings["help_option_names"])}
-    arguments = [(p.metavar or p.name.upper(), p.required) for p in params if isinstance(p, click.Argument)]
+    arguments = [(shown_metavar(p, context), p.required) for p in params if isinstance(p, click.Argument)]
     return Synopsis(options, arguments)
 
 
