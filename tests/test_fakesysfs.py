@@ -21,6 +21,7 @@ import pytest
 
 from tests.fakesysfs import BlockSpec, FakeKernel, FakeKernelError, GiB, MiB, TreeSpec, build_static_tree
 from tests.fakesysfs.kernel import is_mounted
+from tests.fakesysfs.plugin import require_fuse
 
 MEMORY = 'sys/devices/system/memory'
 # Boot blocks 0-7 (0 spans DMA and DMA32, so it reads `none`), one offline 512 MiB DIMM at
@@ -390,6 +391,7 @@ def test_close_releases_a_hanging_writer_and_unmounts(fake_kernel, writers):
 
 
 def test_the_server_unmounts_when_the_test_process_dies():
+    require_fuse()
     owner = subprocess.run([sys.executable, '-c', textwrap.dedent('''
         import os, signal
         from tests.fakesysfs import FakeKernel

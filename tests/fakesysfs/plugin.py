@@ -9,6 +9,7 @@ VMEM_AGENT_REQUIRE_FAKE_KERNEL=1 (CI sets it).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 
@@ -25,6 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def fuse_unavailable_reason() -> str | None:
+    if importlib.util.find_spec('mfusepy') is None:  # e.g. Debian's python3, in the package build
+        return 'mfusepy is not installed'
     if not os.path.exists('/dev/fuse'):
         return 'there is no /dev/fuse'
     if os.geteuid() != 0 and shutil.which('fusermount3') is None:
