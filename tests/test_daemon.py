@@ -467,3 +467,26 @@ def test_a_state_dir_that_cannot_be_written_is_a_warning_after_the_run(fake_kern
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith('vmem-agent: warning: target not stored'), proc.stderr
     assert online_blocks(fake_kernel) == set(BOOT) | {32, 33, 34, 35}
+
+
+@pytest.mark.fake_kernel(VM)
+def test_logs_carry_journald_priorities_when_stderr_is_the_journal(fake_kernel):
+    """JOURNAL_STREAM naming stderr's device and inode (what systemd sets) turns on sd-daemon
+    priority prefixes: <6> for info, <3> for errors."""
+    daemon = DaemonProcess(fake_kernel, KDUMP_NEVER)
+    try:
+        with open(daemon.log_path, 'w'):
+            pass
+        status = os.stat(daemon.log_path)
+        daemon.env['JOURNAL_STREAM'] = f'{status.st_dev}:{status.st_ino}'
+        daemon.start()
+        with open(daemon.config_path, 'w') as handle:
+            handle.write('zone = "fast"\n')
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_until(lambda: 'configuration not reloaded' in daemon.log(), what='the reload error')
+        lines = daemon.log().splitlines()
+        assert any(line.startswith('<6>ready: ') for line in lines), lines
+        assert any(line.startswith('<3>configuration not reloaded') for line in lines), lines
+        assert not any(line.startswith('vmem-agent: ') for line in lines), lines
+    finally:
+        daemon.close()
