@@ -238,7 +238,7 @@ GENERATED_TARGETS = [STATE33, f"{MEMORY}/memory5/valid_zones", f"{MEMORY}/memory
                      "proc/meminfo", "proc/iomem", "proc/cmdline"]
 CONTENT = st.one_of(
     st.binary(max_size=64),
-    st.text(alphabet=st.characters(codec="utf-8"), max_size=40).map(str.encode),
+    st.text(max_size=40).map(lambda text: text.encode("utf-8", "replace")),  # surrogates cannot be UTF-8
     st.sampled_from([b"online", b"offline", b"going-offline", b"Normal Movable", b"8000000", b"301", b"Y",
                      b"1", b"auto-movable", b"MemTotal: 1 kB\nMemAvailable: 1 kB"]).flatmap(
         lambda good: st.tuples(st.just(good), st.binary(max_size=4)).map(lambda pair: pair[0] + pair[1])),

@@ -51,7 +51,9 @@ def test_huge_ranges_are_intersected_not_expanded():
         select_present(everything, list(range(3, 10)))
 
 
-NON_ASCII_DIGITS = st.characters(categories=["Nd"]).filter(lambda character: not character.isascii())
+# Unicode's decimal digits (category Nd) beyond ASCII; listed, not asked of st.characters(), whose
+# arguments changed names after Debian 12's hypothesis 6.67 (the package build runs these tests).
+NON_ASCII_DIGITS = st.sampled_from([chr(code) for code in range(0x80, 0x110000) if chr(code).isdecimal()])
 
 
 @given(before=st.text(alphabet="0123456789,-", max_size=6), digit=NON_ASCII_DIGITS,
@@ -118,8 +120,7 @@ def test_seconds_refuse_what_float_would_take(text):
         parse_seconds(text, 0.0)
 
 
-@given(st.lists(st.text(alphabet=st.characters(exclude_characters="\x00"), min_size=1, max_size=8), min_size=1,
-                max_size=4))
+@given(st.lists(st.text(min_size=1, max_size=8).filter(lambda word: "\x00" not in word), min_size=1, max_size=4))
 def test_a_shell_quoted_command_splits_back(argv):
     assert split_command(shlex.join(argv)) == tuple(argv)
 
