@@ -41,9 +41,10 @@ class _Guarded(io.RawIOBase):
     """The binary side of stdout or stderr; after its first error, writes are dropped (so that the
     flush at exit does not fail again)."""
 
-    def __init__(self, binary, raise_errors: bool, pending_error: int | None = None):
+    def __init__(self, binary, owner, raise_errors: bool, pending_error: int | None = None):
         super().__init__()
         self._binary = binary
+        self._owner = owner  # the replaced text stream: collecting it would close `binary` under us
         self._raise_errors = raise_errors
         self._pending_error = pending_error  # the descriptor was closed at start: fail at the first write
         self._broken = False
@@ -93,7 +94,7 @@ def _stream(fd: int, original, raise_errors: bool) -> _TerminalSafeText:
         binary = open(fd, "wb", buffering=0, closefd=False)
     encoding = getattr(original, "encoding", None) or "utf-8"
     line_buffering = bool(getattr(original, "line_buffering", False)) or fd == 2
-    return _TerminalSafeText(_Guarded(binary, raise_errors, pending), encoding=encoding, errors="backslashreplace",
+    return _TerminalSafeText(_Guarded(binary, original, raise_errors, pending), encoding=encoding, errors="backslashreplace",
                              line_buffering=line_buffering)
 
 
