@@ -57,7 +57,9 @@ def main() -> int:
     # daemon uses fills it, as an installed package's byte-compiled files are there from the start.
     warm = "import vmem_agent.cli.commands, vmem_agent.daemon.main, vmem_agent.daemon.loop, pyudev"
     subprocess.run([sys.executable, "-c", warm], check=True, env={**environment, **bytecode})
-    subprocess.run([*agent_command(), "daemon", "--check-config", "--config", "/dev/null"], check=True,
+    empty_config = Path(cache) / "empty.toml"
+    empty_config.write_text("")
+    subprocess.run([*agent_command(), "daemon", "--check-config", "--config", str(empty_config)], check=True,
                    stdout=subprocess.DEVNULL, env={**environment, **bytecode})
     with FakeKernel(TreeSpec.vm(boot_gib=2, dimm_gib=(1, 1))) as kernel:
         daemon = DaemonProcess(kernel, f'kdump = "never"\nreconcile_interval = {args.reconcile_interval}\n'
