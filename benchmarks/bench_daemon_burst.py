@@ -47,7 +47,7 @@ for device in iter(monitor.poll, None):
 
 def burst_seconds(kernel: FakeKernel, blocks: int, group: int) -> float:
     """Hot-add `blocks` as one DIMM; seconds until the last of them was written online."""
-    indexes = range(FIRST + group * 1024, FIRST + group * 1024 + blocks)
+    indexes = range(FIRST + group * blocks, FIRST + (group + 1) * blocks)
     before = len(kernel.writes())
     began = time.monotonic()
     kernel.hot_add(indexes, group=("dimm", 10 + group))
