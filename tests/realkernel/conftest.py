@@ -27,11 +27,12 @@ VM closes (/tmp/vmx-logs/, or $VMEM_AGENT_REALKERNEL_LOGDIR).
 
 from __future__ import annotations
 
+import compileall
 import os
 
 import pytest
 
-from .vm import (GuestVM, PrerequisiteMissing, VMConfig, check_prerequisites)
+from .vm import (REPO_ROOT, GuestVM, PrerequisiteMissing, VMConfig, check_prerequisites)
 
 REQUIRE_ENV = "VMEM_AGENT_REQUIRE_REALKERNEL"
 
@@ -56,12 +57,27 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def realkernel_prereqs():
     try:
-        return check_prerequisites()
+        prereqs = check_prerequisites()
     except PrerequisiteMissing as e:
         if _required():
             pytest.fail(f"real-kernel prerequisite missing ({REQUIRE_ENV}=1): {e}",
                         pytrace=False)
         pytest.skip(f"real-kernel prerequisite missing: {e}")
+    compile_checkout()
+    return prereqs
+
+
+def compile_checkout() -> None:
+    """Byte-compile the checkout on the host, once per session.
+
+    Guests read it over a read-only 9p root with PYTHONDONTWRITEBYTECODE=1, so without
+    these files every agent run (and every daemon writer child) in a guest compiles the
+    modules it imports again, under TCG. Both guest Pythons (the venv's and Debian's)
+    are 3.11 and share the cpython-311 files; py_compile writes them atomically, so
+    concurrent sessions do not clash.
+    """
+    for package in ("vmem_agent", "tests/realkernel"):
+        compileall.compile_dir(REPO_ROOT / package, quiet=1, workers=1)
 
 
 @pytest.fixture(scope="module")
