@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmem_agent.core.model import KernelParams
-from vmem_agent.core.onlining import cmdline_value, kernel_onlining_plan, onliner_description
+from vmem_agent.core.onlining import kernel_onlining_plan, kernel_parameter, onliner_description
 from vmem_agent.daemon.config import KEYS, DaemonConfig, parse_config, render_default_config
 from vmem_agent.daemon.notify import Notifier
 from vmem_agent.daemon.protocol import (
@@ -239,6 +239,7 @@ def test_forced_zones_map_to_forced_auto_online(zone, value):
 
 @pytest.mark.parametrize("params, auto_online, cmdline, why", [
     (KERNEL_6_1, "offline", "quiet memhp_default_state=offline", "memhp_default_state=offline"),
+    (KERNEL_6_1, "offline", "quiet memhp-default-state=offline", "memhp_default_state=offline"),  # - is _
     (KERNEL_6_1, None, "", "no auto_online_blocks"),
     (KernelParams(), "offline", "", "no auto-movable online policy"),
 ])
@@ -248,9 +249,9 @@ def test_the_kernel_is_left_alone_when_it_cannot_or_must_not_do_it(params, auto_
 
 
 def test_cmdline_takes_the_last_value_like_the_kernel():
-    assert cmdline_value("a memhp_default_state=online b memhp_default_state=offline", "memhp_default_state") == "offline"
-    assert cmdline_value("memhp_default_statex=1", "memhp_default_state") is None
-    assert cmdline_value(None, "memhp_default_state") is None
+    assert kernel_parameter("a memhp_default_state=online b memhp_default_state=offline", "memhp_default_state") == "offline"
+    assert kernel_parameter("memhp_default_statex=1", "memhp_default_state") is None
+    assert kernel_parameter(None, "memhp_default_state") is None
 
 
 def test_onliner_description():

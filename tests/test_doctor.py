@@ -20,13 +20,12 @@ from vmem_agent.core.doctor import (
     check_movable_balance,
     diagnose,
     exit_code,
-    kernel_parameter,
-    kernel_parameters,
     onliners,
 )
 from vmem_agent.core.model import (
     OFFLINE, ONLINE, ORIGIN_HOTPLUG, ZONE_MOVABLE, ZONE_NORMAL, KernelParams, MemoryFigures,
 )
+from vmem_agent.core.onlining import kernel_parameter, kernel_parameters
 from vmem_agent.core.udev_rules import EFFECT_KDUMP_RELOAD, EFFECT_ONLINE, RuleEffect
 from vmem_agent.errors import EXIT_DOCTOR_ERRORS, EXIT_DOCTOR_WARNINGS, EXIT_OK
 from tests.test_policy import boot, dimm, make_state, memory_states, run, virtio

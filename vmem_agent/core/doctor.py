@@ -26,6 +26,7 @@ from .model import (
     ONLINE, ORIGIN_BOOT, ORIGIN_DIMM, ORIGIN_HOTPLUG, ZONE_MOVABLE, ZONE_NONE, MemoryBlock, MemoryFigures, MemoryState,
     format_block_list,
 )
+from .onlining import kernel_parameter
 from .policy import DEFAULT_MOVABLE_RATIO, KERNEL_AUTO_MOVABLE
 from .sizes import format_size
 from .udev_rules import EFFECT_KDUMP_RELOAD, EFFECT_ONLINE, ONLINE_STATES, RuleEffect
@@ -113,43 +114,6 @@ Check = Callable[[SetupPicture], Iterable[Finding]]
 
 
 # -- facts derived from the picture ---------------------------------------------------------------
-
-
-def kernel_parameters(cmdline: str | None) -> list[tuple[str, str | None]]:
-    """(name, value) of each kernel parameter in order; names as the kernel compares them (- is _).
-
-    Quotes group a value with spaces (`param="a b"`); everything after `--` goes to init.
-    """
-    if not cmdline:
-        return []
-    words: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in cmdline.strip() + " ":
-        if char == '"':
-            quoted = not quoted
-        elif char.isspace() and not quoted:
-            if current:
-                words.append("".join(current))
-                current = []
-        else:
-            current.append(char)
-    parameters = []
-    for word in words:
-        if word == "--":
-            break
-        name, equals, value = word.partition("=")
-        parameters.append((name.replace("-", "_"), value if equals else None))
-    return parameters
-
-
-def kernel_parameter(cmdline: str | None, name: str) -> str | None:
-    """The value the kernel uses: the last occurrence wins."""
-    value = None
-    for key, found in kernel_parameters(cmdline):
-        if key == name:
-            value = found if found is not None else ""
-    return value
 
 
 DAEMON_WRITES = ("online_movable", "online_kernel")  # the daemon always names the zone

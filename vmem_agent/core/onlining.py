@@ -34,13 +34,40 @@ def movable_ratio_for(configured: int | None, params: KernelParams) -> int:
     return params.auto_movable_ratio if params.auto_movable_ratio is not None else DEFAULT_MOVABLE_RATIO
 
 
-def cmdline_value(cmdline: str | None, name: str) -> str | None:
-    """The last `name=value` on a kernel command line (the kernel keeps the last one), or None."""
+def kernel_parameters(cmdline: str | None) -> list[tuple[str, str | None]]:
+    """(name, value) of each kernel parameter in order; names as the kernel compares them (- is _).
+
+    Quotes group a value with spaces (`param="a b"`); everything after `--` goes to init.
+    """
+    if not cmdline:
+        return []
+    words: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in cmdline.strip() + " ":
+        if char == '"':
+            quoted = not quoted
+        elif char.isspace() and not quoted:
+            if current:
+                words.append("".join(current))
+                current = []
+        else:
+            current.append(char)
+    parameters = []
+    for word in words:
+        if word == "--":
+            break
+        name, equals, value = word.partition("=")
+        parameters.append((name.replace("-", "_"), value if equals else None))
+    return parameters
+
+
+def kernel_parameter(cmdline: str | None, name: str) -> str | None:
+    """The value the kernel uses: the last occurrence wins."""
     value = None
-    for word in (cmdline or "").split():
-        key, equals, rest = word.partition("=")
-        if equals and key == name:
-            value = rest
+    for key, found in kernel_parameters(cmdline):
+        if key == name:
+            value = found if found is not None else ""
     return value
 
 
@@ -56,7 +83,7 @@ def kernel_onlining_plan(
     zone_mode: str, movable_ratio: int, params: KernelParams, auto_online_blocks: str | None, cmdline: str | None,
 ) -> KernelOnliningPlan:
     """What to write so that the kernel onlines like the policy; no settings when it cannot or must not."""
-    admin_state = cmdline_value(cmdline, CMDLINE_DEFAULT_STATE)
+    admin_state = kernel_parameter(cmdline, CMDLINE_DEFAULT_STATE)
     if admin_state is not None:
         return KernelOnliningPlan((), f"{CMDLINE_DEFAULT_STATE}={admin_state} on the kernel command line is the admin's choice")
     if auto_online_blocks is None:
@@ -77,7 +104,7 @@ def onliner_description(auto_online_blocks: str | None, cmdline: str | None, dae
         return None
     if daemon_configured:
         return f"the kernel (auto_online_blocks {auto_online_blocks}, set by the vmem-agent daemon)"
-    admin_state = cmdline_value(cmdline, CMDLINE_DEFAULT_STATE)
+    admin_state = kernel_parameter(cmdline, CMDLINE_DEFAULT_STATE)
     if admin_state is not None:
         return f"the kernel (auto_online_blocks {auto_online_blocks}, {CMDLINE_DEFAULT_STATE}={admin_state} on the command line)"
     return f"the kernel (auto_online_blocks {auto_online_blocks})"

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from .model import MemoryState
 
 _UNIT_SHIFTS = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50, "E": 60}
 _FORMAT_LETTERS = "BKMGTPE"
@@ -130,3 +134,11 @@ def format_size(size: int, exact: bool = False) -> str:
         whole, tenths = whole + 1, 0
     decimals = f".{tenths}" if tenths else ""
     return f"{whole}{decimals}{_FORMAT_LETTERS[exponent]}"
+
+
+def resolve_resize_target(state: MemoryState, size_text: str) -> Target:
+    """A resize's SIZE on this state: what the engine runs toward and the daemon stores.
+
+    Relative sizes apply to `online_memory_bytes` (going-offline blocks still count)."""
+    present = state.block_size * len(state.blocks)
+    return resolve_target(parse_size(size_text), state.online_memory_bytes, state.block_size, present)

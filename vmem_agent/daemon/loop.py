@@ -30,7 +30,7 @@ from typing import Callable
 from .. import paths
 from ..core.model import OFFLINE, ONLINE, ORIGIN_VIRTIO_MEM, MemoryState, format_block_list
 from ..core.onlining import kernel_onlining_plan, movable_ratio_for, onliner_description
-from ..core.sizes import format_size, parse_size, resolve_target
+from ..core.sizes import format_size, resolve_resize_target
 from ..errors import EXIT_BUSY, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, VmemError
 from ..kernel.sysfs import Sysfs
 from .children import WriterChild
@@ -387,8 +387,7 @@ class Daemon:
                 new_target, size_text = None, None
             else:
                 state = self.sysfs.snapshot()
-                present = state.block_size * len(state.blocks)
-                new_target = resolve_target(parse_size(request.size), state.online_bytes, state.block_size, present).bytes
+                new_target = resolve_resize_target(state, request.size).bytes
                 size_text = request.size
             self.stored = StoredTarget(new_target, self.config.target_bytes)
             store_target(self.state_dir, self.stored)
@@ -411,9 +410,9 @@ class Daemon:
             if not indexes:
                 self.control.reply(connection, ok_reply(_message_output(f"target cleared: {self._status_line(state)}")))
                 return
-            self._start_job("resize", _online_task(self.sysfs, self.config, indexes), (connection, request))
+            self._start_job("resize", _online_task(self.sysfs, self.config, indexes, state), (connection, request))
             return
-        self._start_job("resize", _resize_task(self.sysfs, self.config, size_text), (connection, request))
+        self._start_job("resize", _resize_task(self.sysfs, self.config, size_text, state), (connection, request))
 
     # -- deciding and running jobs ---------------------------------------------------------------
 
@@ -698,7 +697,7 @@ def _kdump_task(sysfs: Sysfs, config: DaemonConfig) -> Callable[[], dict]:
 
 def _other_onliners_task(sysfs: Sysfs, cmdline: str | None) -> Callable[[], dict]:
     def task() -> dict:
-        from ..core.doctor import kernel_parameter
+        from ..core.onlining import kernel_parameter
         from ..core.udev_rules import EFFECT_ONLINE, ONLINE_STATES, systemd_architecture
         from ..kernel.setup import read_rule_effects
 

@@ -37,7 +37,7 @@ from ..limits import OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S
 from ..paths import lock_path as default_lock_path
 from .lock import WriterLock
 from ..core.blocklists import BlockList, parse_blocks_or_size, select_present
-from ..core.sizes import format_size, parse_size, resolve_target
+from ..core.sizes import format_size, resolve_resize_target
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,6 @@ class RunOptions:
     lock_path: str | None = None
     lock_wait: float = 0.0
     dry_run: bool = False
-
-
-def resolve_resize_target(state: MemoryState, size_text: str):
-    present = state.block_size * len(state.blocks)
-    return resolve_target(parse_size(size_text), state.online_memory_bytes, state.block_size, present)
 
 
 def plan_resize(sysfs, size_text: str, options: RunOptions):
