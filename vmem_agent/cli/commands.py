@@ -184,7 +184,7 @@ def _onlining_facts(sysfs, state) -> dict:
     for warning in warnings:
         error_line(f"warning: {warning}")
     facts = {"daemon": daemon, "daemon_access": accessible, "stored_target_bytes": stored_target}
-    kernel = onliner_description(state.auto_online_blocks, sysfs.read_optional("proc/cmdline", limit=65536),
+    kernel = onliner_description(state.auto_online_blocks, sysfs.kernel_cmdline(),
                                  bool(daemon and daemon.get("onlining") == "kernel"))
     if kernel:
         facts["onlined_by"] = kernel

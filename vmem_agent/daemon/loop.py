@@ -129,7 +129,7 @@ class Daemon:
                 self.selector, paths.control_socket_path(self.sysfs.root), group_gid,
                 self._on_request, self.clock,
             )
-            self.cmdline = self.sysfs.read_optional("proc/cmdline", limit=64 * 1024)
+            self.cmdline = self.sysfs.kernel_cmdline()
             self._load_target()
             self._apply_onlining_mode()
             self._check_other_onliners()
@@ -329,8 +329,6 @@ class Daemon:
             self._mark_dirty(now, retry=True)  # new memory (or less): failed blocks and short targets get another try
         if batch.counts.get("remove"):
             self._external_change(now)  # removed memory must leave the crash kernel's map
-        if batch.lost:
-            self._mark_dirty(now)
 
     def _external_change(self, now: float) -> None:
         """Memory changed by someone else (the kernel, an admin): reload kdump, and look again."""

@@ -51,6 +51,7 @@ _READ_SIZE = 4096  # a sysfs attribute is at most one page
 # O_NONBLOCK: a FIFO in a broken tree must not hang a read (no effect on regular and sysfs files).
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 PROC_FILE_LIMIT = 1 << 20  # /proc/iomem of a big machine is far longer than a page
+PROC_CMDLINE_LIMIT = 64 << 10  # COMMAND_LINE_SIZE is 2 KiB on x86, at most a few KiB elsewhere
 _ABSENT = (errno.ENOENT, errno.ENOTDIR)
 
 # Outcomes of a state write.
@@ -313,7 +314,7 @@ class Sysfs:
         return None if text is None else checked_flag(text, self.path(relative))
 
     def kernel_cmdline(self) -> str | None:
-        return self.read_optional(PROC_CMDLINE, limit=PROC_FILE_LIMIT)
+        return self.read_optional(PROC_CMDLINE, limit=PROC_CMDLINE_LIMIT)
 
     def kernel_arch(self) -> str | None:
         """The kernel's machine name as uname gives it (x86_64), None when unknown."""
