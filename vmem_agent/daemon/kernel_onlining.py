@@ -12,6 +12,7 @@ import logging
 import os
 import re
 
+from .. import paths
 from ..core.onlining import AUTO_MOVABLE_RATIO, AUTO_ONLINE_BLOCKS, ONLINE_POLICY
 from ..errors import SysfsError
 from ..kernel.sysfs import AUTO_ONLINE_VALUES, ONLINE_POLICIES, Sysfs
@@ -87,8 +88,7 @@ class KernelOnlining:
         written back: a damaged file must not send any text to any path under the root.
         """
         try:
-            with open(self.saved_path, "rb") as handle:
-                data = handle.read(SAVED_SETTINGS_MAX_BYTES + 1)
+            data = paths.read_regular_file(self.saved_path, SAVED_SETTINGS_MAX_BYTES + 1)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -106,9 +106,4 @@ class KernelOnlining:
         return document
 
     def _save(self, originals: dict[str, str]) -> None:
-        temporary = self.saved_path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(originals, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.saved_path)
+        paths.replace_file(self.saved_path, json.dumps(originals).encode())

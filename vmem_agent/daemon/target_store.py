@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import VmemError
-from ..paths import TARGET_FILE_NAME, read_regular_file
+from ..paths import TARGET_FILE_NAME, read_regular_file, replace_file
 
 TARGET_FILE_VERSION = 1
 _MAX_BYTES = 4096
@@ -60,7 +60,6 @@ def load_target(state_dir: str) -> StoredTarget | None:
 def store_target(state_dir: str, stored: StoredTarget) -> None:
     """Replace the target file atomically and durably."""
     path = target_file(state_dir)
-    temporary = f"{path}.{os.getpid()}.tmp"
     payload = json.dumps({
         "version": TARGET_FILE_VERSION,
         "target_bytes": stored.target_bytes,
@@ -68,23 +67,8 @@ def store_target(state_dir: str, stored: StoredTarget) -> None:
     }).encode()
     try:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, payload + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-        directory = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        replace_file(path, payload + b"\n")
     except OSError as exc:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
         raise TargetFileError(f"{path}: cannot write: {exc.strerror}") from None
 
 
