@@ -131,3 +131,12 @@ def sysfs_error(exc: OSError, path: str, block: int | None = None, action: str =
     """Build the typed exception for an OSError raised on a sysfs path."""
     code = exc.errno if exc.errno is not None else errno_codes.EIO
     return _ERRNO_TYPES.get(code, SysfsError)(path, code, block, action)
+
+
+class Terminated(BaseException):
+    """SIGTERM (systemd stop), raised from the handler: unwinds like Ctrl-C, so that offline
+    writers, children and locks are cleaned up on the way out."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()

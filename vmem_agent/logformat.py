@@ -7,6 +7,11 @@ import logging
 from .core.inputs import one_line
 
 
+def set_log_level(name: str) -> None:
+    """The level of our own loggers (`vmem_agent.*`), by name: debug, info, warning, error."""
+    logging.getLogger("vmem_agent").setLevel(getattr(logging, name.upper()))
+
+
 class LineFormatter(logging.Formatter):
     """Log records in the same style as our errors: `vmem-agent: warning: ...`, one terminal-safe line
     (a traceback, with -vv only, follows it)."""

@@ -14,7 +14,7 @@ import click
 
 from ..errors import (
     EXIT_BUSY, EXIT_CONFIG, EXIT_DOCTOR_ERRORS, EXIT_DOCTOR_WARNINGS, EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL,
-    EXIT_UNSUPPORTED, EXIT_USAGE, UsageError, VmemError,
+    EXIT_UNSUPPORTED, EXIT_USAGE, Terminated, UsageError, VmemError, raise_terminated,
 )
 from ..limits import (
     KDUMP_MODES, OFFLINE_BLOCK_TIMEOUT_S, RESIZE_TIMEOUT_S, SHRINK_BY_BLOCK, SHRINK_BY_DIMM, ZONE_MODES,
@@ -48,14 +48,6 @@ Exit codes:
 """
 
 
-class Terminated(BaseException):
-    """SIGTERM (systemd stop): unwinds like Ctrl-C so that writers and locks are cleaned up."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
 class AgentGroup(click.Group):
     """Turns every error into one line and an exit code, for every subcommand and click's own parsing."""
 
@@ -78,7 +70,7 @@ class AgentGroup(click.Group):
     def invoke(self, ctx: click.Context):
         import signal
 
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGTERM, raise_terminated)
         try:
             return super().invoke(ctx)
         except VmemError as exc:

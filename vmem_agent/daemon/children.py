@@ -18,21 +18,13 @@ import signal
 import time
 from typing import Callable
 
-from ..errors import VmemError
+from ..errors import Terminated, VmemError, raise_terminated
 from ..kernel.offline_child import die_with_parent
 
 log = logging.getLogger(__name__)
 
 CHILD_STOP_GRACE_S = 1.5  # SIGTERM to SIGKILL: the daemon must be gone within 2 s of its own SIGTERM
 CHILD_KILL_GRACE_S = 2.0
-
-
-class Terminated(BaseException):
-    """SIGTERM in a writer child: unwinds the engine so that its offline writer is stopped too."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
 
 
 class WriterChild:
@@ -130,7 +122,7 @@ def _run_child(task: Callable[[], dict], write_end: int, close_fds: list[int], p
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGHUP, signal.SIGCHLD, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGTERM, raise_terminated)
         die_with_parent(parent)
         for fd in close_fds:
             try:

@@ -32,6 +32,7 @@ from ..core.model import OFFLINE, ONLINE, ORIGIN_VIRTIO_MEM, MemoryState, format
 from ..core.onlining import kernel_onlining_plan, movable_ratio_for, onliner_description
 from ..core.sizes import format_size, resolve_resize_target
 from ..errors import EXIT_BUSY, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, VmemError
+from ..logformat import set_log_level
 from ..kernel.sysfs import Sysfs
 from .children import WriterChild
 from .config import DaemonConfig
@@ -346,7 +347,7 @@ class Daemon:
             return
         target_before = self.target
         self.config = config
-        _set_log_level(config.log_level)
+        set_log_level(config.log_level)
         self.target = effective_target(self.stored, config.target_bytes)
         if self.target != target_before:
             self.paused = False
@@ -749,5 +750,3 @@ def _group_id(name: str | None) -> int | None:
         raise ConfigError(f"socket_group {name!r}: no such group") from None
 
 
-def _set_log_level(name: str) -> None:
-    logging.getLogger("vmem_agent").setLevel(getattr(logging, name.upper()))

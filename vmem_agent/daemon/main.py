@@ -7,7 +7,7 @@ import os
 import sys
 
 from ..errors import EXIT_OK
-from ..logformat import LineFormatter
+from ..logformat import LineFormatter, set_log_level
 from ..kernel.sysfs import Sysfs
 from .config import KEYS, DaemonConfig, load_config
 
@@ -42,7 +42,7 @@ def setup_logging(level_name: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    logging.getLogger("vmem_agent").setLevel(getattr(logging, level_name.upper()))
+    set_log_level(level_name)
 
 
 def describe_config(config: DaemonConfig) -> str:

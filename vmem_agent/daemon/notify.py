@@ -56,11 +56,6 @@ class Notifier:
     def watchdog(self) -> None:
         self.send(WATCHDOG="1")
 
-    def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-
 
 def _watchdog_interval(environ) -> float | None:
     """Seconds between WATCHDOG=1 pings (half of WatchdogSec=), or None without a watchdog."""

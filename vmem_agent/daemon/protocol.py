@@ -25,7 +25,6 @@ TIMEOUT = "timeout"
 USAGE = "usage"
 BUSY = "busy"
 FAILED = "failed"
-SUPERSEDED = "superseded"
 STOPPING = "stopping"
 
 _REQUEST_FIELDS = {

@@ -38,7 +38,6 @@ class MemoryEvents:
     def __init__(self, source: str, buffer_bytes: int):
         import pyudev
 
-        self.source = source
         self.monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=source)
         self.monitor.filter_by("memory")
         try:
