@@ -15,6 +15,7 @@ from typing import Sequence
 
 from ..errors import UsageError
 from .inputs import shown
+from .model import merge_ranges
 from .sizes import SizeRequest, parse_size
 
 MAX_INDEX = 2**64 - 1  # a memory block index is an unsigned long
@@ -52,7 +53,7 @@ def parse_block_list(text: str) -> BlockList:
         if high < low:
             raise UsageError(f"invalid block range {shown(item)} in {shown(text)}: {high} < {low}")
         ranges.append((low, high))
-    return BlockList(text, _merged(ranges))
+    return BlockList(text, merge_ranges(ranges))
 
 
 def parse_blocks_or_size(text: str) -> BlockList | SizeRequest:
@@ -96,13 +97,3 @@ def _index(digits: str, text: str) -> int:
     if len(digits) > _MAX_INDEX_DIGITS or int(digits) > MAX_INDEX:
         raise UsageError(f"invalid block list {shown(text)}: block index {shown(digits, 24)} is larger than {MAX_INDEX}")
     return int(digits)
-
-
-def _merged(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    merged: list[tuple[int, int]] = []
-    for low, high in sorted(ranges):
-        if merged and low <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-        else:
-            merged.append((low, high))
-    return tuple(merged)

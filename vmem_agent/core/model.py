@@ -307,6 +307,17 @@ def group_ranges(
     return ranges
 
 
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Inclusive (low, high) ranges, sorted and merged where they overlap or touch."""
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return tuple(merged)
+
+
 def format_block_list(indexes: Iterable[int]) -> str:
     """`[1, 2, 3, 7]` -> `1-3,7`: how messages name many blocks at once."""
     parts: list[str] = []

@@ -15,26 +15,13 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Callable
 
-from .model import ORIGIN_BOOT, ORIGIN_DIMM, ORIGIN_HOTPLUG
+from .model import ORIGIN_BOOT, ORIGIN_DIMM, ORIGIN_HOTPLUG, merge_ranges
 
 BOOT_ORIGIN = (ORIGIN_BOOT, None)
 
 Classifier = Callable[[int, int], tuple[str, "str | None"]]
 # (start, end inclusive, origin, group) of a driver-managed range.
 DriverRegion = tuple[int, int, str, str]
-
-
-def _merged(ranges: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
-    """Starts and ends of the ranges merged where they overlap or touch, for bisection (a scan asks per block)."""
-    starts: list[int] = []
-    ends: list[int] = []
-    for low, high in sorted(ranges):
-        if ends and low <= ends[-1] + 1:
-            ends[-1] = max(ends[-1], high)
-        else:
-            starts.append(low)
-            ends.append(high)
-    return starts, ends
 
 
 def origin_classifier(
@@ -52,7 +39,9 @@ def origin_classifier(
     if not (boot_ram or dimm_groups or driver_regions):
         return None
     unclaimed = (ORIGIN_HOTPLUG, None) if boot_ram else BOOT_ORIGIN
-    starts, ends = _merged(boot_ram)
+    merged = merge_ranges(boot_ram)  # bisected below: a scan asks per block
+    starts = [low for low, _high in merged]
+    ends = [high for _low, high in merged]
     last_byte = block_size - 1
 
     def classify(index: int, start: int) -> tuple[str, str | None]:
