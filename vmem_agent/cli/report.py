@@ -401,9 +401,8 @@ def _plan_labels(state: MemoryState | None) -> dict:
     return _device_labels([device.to_json() for device in device_states(state)]) if state is not None else {}
 
 
-def render_plan(plan, block_size: int, state: MemoryState | None = None) -> str:
+def render_plan(plan, block_size: int, labels: dict) -> str:
     """The plan as a table, neighbouring blocks with the same write merged into one row."""
-    labels = _plan_labels(state)
     header = ("ACTION", "BLOCKS", "RANGE", "SIZE", "ZONE", "WRITE", "REASON")
     rows = [header]
     for low, high, count in _runs(plan.actions, key=lambda a: (a.kind, a.zone, a.write, a.reason)):
@@ -424,9 +423,8 @@ def render_plan(plan, block_size: int, state: MemoryState | None = None) -> str:
     return "\n".join(lines)
 
 
-def plan_document(plan, target_note: str | None = None, state: MemoryState | None = None) -> dict:
+def plan_document(plan, target_note: str | None, labels: dict) -> dict:
     """`plan --json`: `reason` and `notes` in words, `reason_code`/`reason_facts` and `note_codes` for scripts."""
-    labels = _plan_labels(state)
     actions = []
     for action in plan.actions:
         facts = action.reason.facts_dict()
@@ -532,10 +530,11 @@ def _run_device_lines(wire: dict) -> list[str]:
 def plan_output(plan, block_size: int, target_note: str | None, state: MemoryState | None = None) -> dict:
     """`plan`'s output as text, as JSON text, and its exit code: what the CLI prints, whether
     the plan was made here or by the daemon (which sends this dict over its socket)."""
-    text = render_plan(plan, block_size, state)
+    labels = _plan_labels(state)  # each block's device, for both renderings
+    text = render_plan(plan, block_size, labels)
     if target_note:
         text = f"note: {target_note}\n{text}"
-    return {"text": text, "json": render_json(plan_document(plan, target_note, state)), "exit_code": 0}
+    return {"text": text, "json": render_json(plan_document(plan, target_note, labels)), "exit_code": 0}
 
 
 def run_output(result) -> dict:
