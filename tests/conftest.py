@@ -1,1 +1,1 @@
-pytest_plugins = ['tests.fakesysfs.plugin', 'tests.fake_cli']
+pytest_plugins = ['tests.fakesysfs.plugin', 'tests.fake_cli', 'tests.daemon_harness']

@@ -19,12 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import agent_command
 from vmem_agent import paths
 from vmem_agent.daemon import client
 from vmem_agent.daemon.protocol import Request
 
 READY_TIMEOUT_S = 60.0
+QUIET_CONFIG = 'kdump = "never"\nevent_source = "udev"\n'  # no kdump runs, and the fake kernel's events heard
 
 
 class NotifyListener:
@@ -156,3 +159,19 @@ def raw_exchange(root: str, data: bytes, timeout: float = 10.0, shutdown: bool =
         return b''
     finally:
         sock.close()
+
+
+@pytest.fixture
+def start_daemon():
+    """start(kernel, config=QUIET_CONFIG, wait_ready=True, **DaemonProcess options): a started
+    daemon, closed at the end of the test."""
+    daemons: list[DaemonProcess] = []
+
+    def start(kernel, config: str = QUIET_CONFIG, wait_ready: bool = True, **kw) -> DaemonProcess:
+        daemon = DaemonProcess(kernel, config, **kw)
+        daemons.append(daemon)
+        return daemon.start(wait_ready)
+
+    yield start
+    for daemon in daemons:
+        daemon.close()

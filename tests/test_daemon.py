@@ -16,32 +16,18 @@ import time
 
 import pytest
 
-from tests.daemon_harness import DaemonProcess, raw_exchange
+from tests.daemon_harness import QUIET_CONFIG, DaemonProcess, raw_exchange
+from tests import fake_cli
 from tests.fake_cli import BOOT, DIMMS, VM, agent, state_writes
 from vmem_agent import paths
 from vmem_agent.daemon.protocol import MAX_REQUEST_BYTES
 from vmem_agent.daemon.target_store import load_target
 
 GIB = 1 << 30
-KDUMP_NEVER = 'kdump = "never"\nevent_source = "udev"\n'
-
-
-@pytest.fixture
-def start_daemon():
-    daemons: list[DaemonProcess] = []
-
-    def start(kernel, config: str = KDUMP_NEVER, wait_ready: bool = True, **kw) -> DaemonProcess:
-        daemon = DaemonProcess(kernel, config, **kw)
-        daemons.append(daemon)
-        return daemon.start(wait_ready)
-
-    yield start
-    for daemon in daemons:
-        daemon.close()
 
 
 def online_blocks(kernel) -> set[int]:
-    return {index for index in (*BOOT, *DIMMS) if kernel.block(index)['state'] == 'online'}
+    return set(fake_cli.online_blocks(kernel, (*BOOT, *DIMMS)))
 
 
 def kernel_settings(kernel) -> tuple[str, str]:
@@ -74,7 +60,7 @@ def test_start_onlines_present_memory_before_ready_and_lets_the_kernel_online(fa
 
 @pytest.mark.fake_kernel(VM)
 def test_kernel_onlining_never_keeps_the_kernel_settings(fake_kernel, start_daemon):
-    daemon = start_daemon(fake_kernel, KDUMP_NEVER + 'kernel_onlining = "never"\n')
+    daemon = start_daemon(fake_kernel, QUIET_CONFIG + 'kernel_onlining = "never"\n')
     assert kernel_settings(fake_kernel) == ('offline', 'contig-zones')
     assert daemon.status()['onlining'] == 'daemon'
     assert online_blocks(fake_kernel) == set(BOOT) | set(DIMMS)
@@ -82,7 +68,7 @@ def test_kernel_onlining_never_keeps_the_kernel_settings(fake_kernel, start_daem
 
 @pytest.mark.fake_kernel(VM)
 def test_config_target_is_held_at_start(fake_kernel, start_daemon):
-    daemon = start_daemon(fake_kernel, KDUMP_NEVER + 'target = "2.5G"\n')
+    daemon = start_daemon(fake_kernel, QUIET_CONFIG + 'target = "2.5G"\n')
     assert online_blocks(fake_kernel) == set(BOOT) | {32, 33, 34, 35}
     status = daemon.status()
     assert (status['mode'], status['target_bytes'], status['target_source']) == ('target', 5 * GIB // 2, 'config')
@@ -95,7 +81,7 @@ def test_config_target_is_held_at_start(fake_kernel, start_daemon):
 @pytest.mark.fake_kernel(VM)
 def test_resize_through_the_socket_prints_what_a_direct_run_prints(fake_kernel, make_fake_kernel, start_daemon):
     twin = make_fake_kernel(VM)
-    start_daemon(fake_kernel, KDUMP_NEVER + 'target = "2G"\n')
+    start_daemon(fake_kernel, QUIET_CONFIG + 'target = "2G"\n')
     assert online_blocks(fake_kernel) == set(BOOT)
     through_daemon = agent(fake_kernel, 'resize', '3G', expect=0)
     direct = agent(twin, 'resize', '3G', '--kdump', 'never', expect=0)
@@ -190,7 +176,7 @@ def test_a_cli_holding_the_lock_delays_the_daemon_until_it_is_done(fake_kernel, 
 
 @pytest.mark.fake_kernel(VM)
 def test_sigterm_during_a_hanging_offline_exits_0_within_2s_and_leaves_nothing_half_done(fake_kernel, start_daemon):
-    daemon = start_daemon(fake_kernel, KDUMP_NEVER + 'block_timeout = 600\n')
+    daemon = start_daemon(fake_kernel, QUIET_CONFIG + 'block_timeout = 600\n')
     fake_kernel.set_offline_behaviour(39, 'hang')
     resize = agent_background(fake_kernel, 'resize', '2.5G')
     daemon.wait_until(lambda: fake_kernel.block(39)['state'] == 'going-offline', what='block 39 hanging')
@@ -241,7 +227,7 @@ def test_kill_9_then_restart_restores_the_target_and_the_admins_kernel_settings(
 
 @pytest.mark.fake_kernel(VM)
 def test_sighup_with_a_bad_config_keeps_the_old_one(fake_kernel, start_daemon):
-    daemon = start_daemon(fake_kernel, KDUMP_NEVER + 'target = "2.5G"\n')
+    daemon = start_daemon(fake_kernel, QUIET_CONFIG + 'target = "2.5G"\n')
     with open(daemon.config_path, 'w') as handle:
         handle.write('target = "2.5G"\nzone = "fast"\n')
     daemon.process.send_signal(signal.SIGHUP)
@@ -252,7 +238,7 @@ def test_sighup_with_a_bad_config_keeps_the_old_one(fake_kernel, start_daemon):
     assert "key 'zone'" in daemon.log()
     assert daemon.status()['target_bytes'] == 5 * GIB // 2
     with open(daemon.config_path, 'w') as handle:
-        handle.write(KDUMP_NEVER + 'target = "3G"\n')
+        handle.write(QUIET_CONFIG + 'target = "3G"\n')
     daemon.process.send_signal(signal.SIGHUP)
     daemon.wait_until(lambda: online_blocks(fake_kernel) == set(BOOT) | set(DIMMS), what='the new config target')
     assert daemon.status()['target_bytes'] == 3 * GIB
@@ -444,7 +430,7 @@ def test_another_onliner_is_reported_and_not_fought(tmp_path, start_daemon):
             self.root = path
 
     before = {path: path.read_bytes() for path in root.glob('sys/devices/system/memory/memory*/state')}
-    daemon = start_daemon(StaticTree(root), KDUMP_NEVER + 'target = "2G"\n')
+    daemon = start_daemon(StaticTree(root), QUIET_CONFIG + 'target = "2G"\n')
     daemon.wait_until(lambda: daemon.status()['other_onliners'], what='the rule found')
     assert daemon.status()['other_onliners'] == ['the udev rule /etc/udev/rules.d/99-memory.rules:1']
     text = agent(StaticTree(root), 'status', expect=0).stdout
@@ -473,7 +459,7 @@ def test_a_state_dir_that_cannot_be_written_is_a_warning_after_the_run(fake_kern
 def test_logs_carry_journald_priorities_when_stderr_is_the_journal(fake_kernel):
     """JOURNAL_STREAM naming stderr's device and inode (what systemd sets) turns on sd-daemon
     priority prefixes: <6> for info, <3> for errors."""
-    daemon = DaemonProcess(fake_kernel, KDUMP_NEVER)
+    daemon = DaemonProcess(fake_kernel, QUIET_CONFIG)
     try:
         with open(daemon.log_path, 'w'):
             pass

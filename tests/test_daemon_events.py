@@ -15,7 +15,7 @@ import signal
 import pytest
 
 from tests.daemon_harness import DaemonProcess
-from tests.fake_cli import DIMMS, agent
+from tests.fake_cli import DIMMS, agent, state_writes
 from tests.fakesysfs import TreeSpec
 from vmem_agent.core.model import ORIGIN_VIRTIO_MEM
 from vmem_agent.kernel.sysfs import Sysfs
@@ -24,20 +24,6 @@ BASE = 'event_source = "udev"\n'
 # 2 GiB boot memory (blocks 0-15) and two 512 MiB DIMMs (32-35, 36-39) present at start.
 VM = TreeSpec.vm(boot_gib=2, dimm_gib=(0.5, 0.5), crash_hotplug=0)
 BIG_DIMM = range(64, 64 + 512)  # a 64 GiB DIMM: 512 blocks of 128 MiB, hot-added at once
-
-
-@pytest.fixture
-def start_daemon():
-    daemons: list[DaemonProcess] = []
-
-    def start(kernel, config: str = BASE + 'kdump = "never"\n', wait_ready: bool = True) -> DaemonProcess:
-        daemon = DaemonProcess(kernel, config)
-        daemons.append(daemon)
-        return daemon.start(wait_ready)
-
-    yield start
-    for daemon in daemons:
-        daemon.close()
 
 
 @pytest.fixture
@@ -58,10 +44,6 @@ def online(kernel, indexes) -> bool:
     return all(kernel.block(index)['state'] == 'online' for index in indexes)
 
 
-def state_writes(kernel, since=0):
-    return [(w['block'], w['value']) for w in kernel.writes()[since:] if w['attribute'] == 'state']
-
-
 @pytest.mark.parametrize('kernel_onlining', ['never', 'auto'])
 def test_a_512_block_burst_is_onlined_with_one_plan_and_one_kdump_reload(make_fake_kernel, start_daemon,
                                                                           reload_counter, kernel_onlining):
@@ -80,7 +62,7 @@ def test_a_512_block_burst_is_onlined_with_one_plan_and_one_kdump_reload(make_fa
     writes = state_writes(kernel, writes_before)
     if kernel_onlining == 'never':
         assert status['counters']['jobs'] == jobs_before + 1  # one plan, one run for the whole burst
-        assert sorted(block for block, _value in writes) == list(BIG_DIMM)  # each block written once
+        assert sorted(block for block, _value, _errno in writes) == list(BIG_DIMM)  # each block written once
     else:
         assert status['onlining'] == 'kernel'
         assert status['counters']['jobs'] == jobs_before and writes == []  # the kernel onlined them
