@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from vmem_agent.core.zonerule import PAGE, ZoneCounters
-from vmem_agent.kernel.e820 import E820_ENTRIES_OFFSET, E820_ENTRY, E820_TABLE_OFFSET
-
-E820_RAM = 1
-E820_RESERVED = 2
+from vmem_agent.kernel.e820 import E820_ENTRIES_OFFSET, E820_ENTRY, E820_TABLE_OFFSET, E820_TYPE_RAM
 
 from .spec import (
     AUTO_ONLINE_VALUES, DYNAMIC_GROUP_KINDS, ONLINE_POLICIES, ONLINE_TYPES, Group, OfflineBehaviour, TreeSpec,
     check_block_placement, normalise_offline_behaviour,
 )
+
+E820_RESERVED = 2
 
 POLL_SECONDS = 0.02
 STATE_VALUES = ONLINE_TYPES + ('offline',)
@@ -663,10 +662,10 @@ def _boot_e820_entries(start: int, end: int) -> list[tuple[int, int, int]]:
     """(start, end, E820 type) of boot RAM as SeaBIOS reports it: the range from address 0
     loses the EBDA and the BIOS area of its first MiB and the 128 KiB below the PCI hole."""
     if start or not 0x100000 + _SEABIOS_RESERVED < end < _PCI_HOLE_END:
-        return [(start, end, E820_RAM)]
+        return [(start, end, E820_TYPE_RAM)]
     ram_end = end - _SEABIOS_RESERVED
-    return [(0, 0x9fbff, E820_RAM), (0x9fc00, 0x9ffff, E820_RESERVED), (0xf0000, 0xfffff, E820_RESERVED),
-            (0x100000, ram_end, E820_RAM), (ram_end + 1, end, E820_RESERVED)]
+    return [(0, 0x9fbff, E820_TYPE_RAM), (0x9fc00, 0x9ffff, E820_RESERVED), (0xf0000, 0xfffff, E820_RESERVED),
+            (0x100000, ram_end, E820_TYPE_RAM), (ram_end + 1, end, E820_RESERVED)]
 
 
 def _boot_ram_resources(start: int, end: int) -> list[tuple[int, int, str, list]]:

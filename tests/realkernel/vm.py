@@ -389,7 +389,6 @@ class GuestVM:
         #: the guest's journal and dmesg as last read by collect_diagnostics
         #: (which runs by itself when a test using the VM fails)
         self.diagnostics: dict[str, str] = {}
-        self.saved_console: Path | None = None
         self.saved_logs: dict[str, Path] = {}
         self._qemu_out_fh = None
         self._block_size: int | None = None
@@ -683,7 +682,6 @@ class GuestVM:
         prefix = f"{time.strftime('%Y%m%d-%H%M%S')}-{self.tmpdir.name}"
         dest = dest_dir / f"{prefix}.console.log"
         shutil.copy(self.console_log, dest)
-        self.saved_console = dest
         self.saved_logs = {"console": dest}
         for name, text in self.diagnostics.items():
             path = dest_dir / f"{prefix}.{name}.log"
@@ -696,8 +694,9 @@ class GuestVM:
         try:
             return self.console_log.read_text(errors="replace")
         except (OSError, AssertionError):
-            if self.saved_console:
-                return self.saved_console.read_text(errors="replace")
+            saved = self.saved_logs.get("console")
+            if saved:
+                return saved.read_text(errors="replace")
             return ""
 
     def console_tail(self, lines: int = 60) -> str:
