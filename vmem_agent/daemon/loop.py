@@ -154,14 +154,10 @@ class Daemon:
             log.info("stopped")
 
     def _stop_children(self) -> None:
-        for child in (self.job, self.reload, *self.tasks):
-            if child is not None:
-                try:
-                    self.selector.unregister(child.fd)
-                except (KeyError, ValueError):
-                    pass
-                child.stop()
-                log.info("%s child %d stopped: %s", child.kind, child.pid, (child.result or {}).get("error", "done"))
+        for child in self._children():
+            self._unwatch(child)
+            child.stop()
+            log.info("%s child %d stopped: %s", child.kind, child.pid, (child.result or {}).get("error", "done"))
         self.job = self.reload = None
         self.tasks.clear()
 
@@ -289,8 +285,8 @@ class Daemon:
             self.stopping = True
             return
         if signal.SIGCHLD in pending:
-            for child in (self.job, self.reload, *self.tasks):
-                if child is not None and child.reap():
+            for child in self._children():
+                if child.reap():
                     self._child_done(child)
         if signal.SIGHUP in pending:
             self._reload_configuration()
@@ -484,14 +480,11 @@ class Daemon:
         self.counters["jobs"] += 1
         self.job_request = request
         self.job_events.clear()
-        self.job = WriterChild(kind, task, self._descriptors())
-        self.selector.register(self.job.fd, selectors.EVENT_READ, lambda mask, child=self.job: self._child_readable(child))
+        self.job = self._spawn(kind, task)
         log.info("%s job started (writer pid %d)", kind, self.job.pid)
 
     def _start_task(self, kind: str, task: Callable[[], dict], done: Callable[[dict | None], None]) -> None:
-        child = WriterChild(kind, task, self._descriptors())
-        self.tasks[child] = done
-        self.selector.register(child.fd, selectors.EVENT_READ, lambda mask, c=child: self._child_readable(c))
+        self.tasks[self._spawn(kind, task)] = done
 
     def _check_other_onliners(self) -> None:
         """Who else onlines hot-added memory (udev rules, the admin's kernel auto-online): read in a
@@ -510,23 +503,31 @@ class Daemon:
 
     def _start_reload(self) -> None:
         self.kdump_pending = False
-        self.reload = WriterChild("kdump", _kdump_task(self.sysfs, self.config), self._descriptors())
-        self.selector.register(self.reload.fd, selectors.EVENT_READ, lambda mask, child=self.reload: self._child_readable(child))
+        self.reload = self._spawn("kdump", _kdump_task(self.sysfs, self.config))
 
-    def _descriptors(self) -> list[int]:
-        """What a new writer child closes: the loop's sockets, and the result pipes of the other children."""
-        children = [child.fd for child in (self.job, self.reload, *self.tasks) if child is not None]
-        return [self.events.fileno(), *self.control.fds(), *children]
+    def _spawn(self, kind: str, task: Callable[[], dict]) -> WriterChild:
+        """Fork a writer child and watch its result pipe. The child closes the loop's sockets and
+        the result pipes of the other children."""
+        inherited = [self.events.fileno(), *self.control.fds(), *(child.fd for child in self._children())]
+        child = WriterChild(kind, task, inherited)
+        self.selector.register(child.fd, selectors.EVENT_READ, lambda mask: self._child_readable(child))
+        return child
+
+    def _children(self) -> list[WriterChild]:
+        return [child for child in (self.job, self.reload, *self.tasks) if child is not None]
+
+    def _unwatch(self, child: WriterChild) -> None:
+        try:
+            self.selector.unregister(child.fd)
+        except (KeyError, ValueError):
+            pass
 
     def _child_readable(self, child: WriterChild) -> None:
         if child.on_readable():
             self._child_done(child)
 
     def _child_done(self, child: WriterChild) -> None:
-        try:
-            self.selector.unregister(child.fd)
-        except (KeyError, ValueError):
-            pass
+        self._unwatch(child)
         child.close()
         now = self.clock()
         if child is self.reload:
